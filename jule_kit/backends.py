@@ -1,0 +1,90 @@
+"""Nearest-neighbour search backends: faiss where installed, blocked torch otherwise.
+
+faiss serves CPU tensors (and GPU tensors where faiss-gpu is installed); a blocked
+matmul + top-k serves GPU machines without faiss and is the tested fallback.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+import numpy as np
+import torch
+
+try:  # faiss is optional at import time: GPU machines may lack it
+    import faiss  # type: ignore
+except ImportError:  # pragma: no cover - depends on the machine
+    faiss = None
+
+BACKEND_ENV = "JULEKIT_KNN_BACKEND"
+
+
+def available_backends() -> list[str]:
+    return (["faiss"] if faiss is not None else []) + ["torch"]
+
+
+def choose_backend(device: torch.device, backend: str = "auto") -> str:
+    backend = os.environ.get(BACKEND_ENV, backend) if backend == "auto" else backend
+    if backend == "auto":
+        if faiss is None:
+            return "torch"
+        if device.type == "cuda" and not hasattr(faiss, "StandardGpuResources"):
+            return "torch"  # faiss-cpu would force a round trip through host memory
+        return "faiss"
+    if backend == "faiss" and faiss is None:
+        raise RuntimeError("the faiss backend was requested but faiss is not installed (pip install faiss-cpu)")
+    return backend
+
+
+def _torch_knn(x: torch.Tensor, k: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact squared-L2 kNN of x against itself, ``block`` queries at a time."""
+    sq = (x * x).sum(1)
+    dists, idxs = [], []
+    for start in range(0, x.shape[0], block):
+        q = x[start:start + block]
+        d = sq[start:start + block, None] - 2.0 * (q @ x.T) + sq[None, :]
+        d, i = torch.topk(d, k, dim=1, largest=False, sorted=True)
+        dists.append(d.clamp_min_(0))
+        idxs.append(i)
+    return torch.cat(dists), torch.cat(idxs)
+
+
+def knn(x: torch.Tensor, k: int, backend: str = "auto", block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest neighbours of every row of ``x`` among the other rows.
+
+    Returns ``(dist2, indices)``, both (N, k): squared L2 distances in ascending order,
+    the query itself excluded (also when it has exact duplicates).
+    """
+    n = x.shape[0]
+    if not 0 < k < n:
+        raise ValueError(f"k must be in 1..{n - 1}, got {k}")
+    x = x.float().contiguous()
+    kq = k + 1
+    name = choose_backend(x.device, backend)
+    if name == "faiss":
+        xs = x.detach().cpu().numpy() if x.device.type == "cpu" or not hasattr(faiss, "StandardGpuResources") else x
+        if isinstance(xs, np.ndarray):
+            d, i = faiss.knn(xs, xs, kq, metric=faiss.METRIC_L2)
+        else:  # faiss-gpu on torch tensors
+            importlib.import_module("faiss.contrib.torch_utils")  # lets faiss take torch tensors
+            res = faiss.StandardGpuResources()
+            d, i = faiss.knn_gpu(res, xs, xs, kq)
+            d, i = d.cpu().numpy(), i.cpu().numpy()
+        d = np.maximum(d, 0)
+    else:
+        d_t, i_t = _torch_knn(x, kq, block)
+        d, i = d_t.cpu().numpy(), i_t.cpu().numpy()
+    return _drop_self(d.astype(np.float32), i.astype(np.int64), k)
+
+
+def _drop_self(d: np.ndarray, i: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Remove each query from its own list (or the farthest entry when ties hid it)."""
+    n = i.shape[0]
+    is_self = i == np.arange(n)[:, None]
+    missing = ~is_self.any(1)
+    is_self[missing, -1] = True
+    # several self hits are impossible, but a duplicate could in principle shadow self twice
+    first = np.argmax(is_self, axis=1)
+    keep = np.ones_like(is_self)
+    keep[np.arange(n), first] = False
+    return d[keep].reshape(n, k), i[keep].reshape(n, k)

@@ -1,0 +1,210 @@
+"""The ``julekit`` command line."""
+from __future__ import annotations
+
+import functools
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import JulekitError
+from .paths import find_recipe, shipped_recipes
+
+app = typer.Typer(
+    name="julekit",
+    help="Deep clustering with JULE, its ablations and DeepCluster-style reassignment, driven by YAML recipes.\n\n"
+    "Examples:\n\n  julekit run recipes/quickstart_digits.yaml\n\n  julekit run recipes/jule_usps.yaml --set train.epochs=5\n\n"
+    "  julekit plugins\n\n  julekit datasets --data-dir ~/data",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+SET_HELP = "Override a recipe key: key.path=value (repeatable), e.g. --set linkage=average --set train.epochs=5"
+DATA_DIR_HELP = "Folder to look for datasets in first (then $JULEKIT_DATA, ./data, ../shared/datasets)"
+
+
+def fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn JulekitError into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except JulekitError as exc:
+            fail(str(exc), exc.exit_code)
+
+    return wrapper
+
+
+def _recipe_path(spec: str) -> Path:
+    return find_recipe(spec)
+
+
+@app.command(no_args_is_help=False)
+@user_errors
+def run(
+    recipe: Optional[str] = typer.Argument(None, help="Recipe file (or a shipped recipe's name, e.g. jule_usps)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<recipe>-<time>)"),
+    set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (overrides the recipe)"),
+    seed: Optional[int] = typer.Option(None, help="Random seed (overrides the recipe)"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its last checkpoint"),
+    force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out directory"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final line (for scripts)"),
+) -> None:
+    """Run a recipe: cluster (and train) and write a run directory.
+
+    Examples:
+
+      julekit run recipes/quickstart_digits.yaml
+
+      julekit run recipes/ac_gdl_usps.yaml --set affinity.k_s=10 --out runs/usps-k10
+
+      julekit run --resume runs/jule_usps-20261123-120000
+    """
+    from .engine import Experiment
+    from .progress import Reporter
+    from .recipe import load_recipe
+    from .rundir import RECIPE, RunDir
+
+    overrides = list(set_)
+    if device is not None:
+        overrides.append(f"device={device}")
+    if seed is not None:
+        overrides.append(f"seed={seed}")
+    if resume is not None:
+        if recipe is not None or overrides:
+            raise JulekitError("--resume continues a run as recorded; do not give a recipe, --set, --device or --seed")
+        if not (resume / RECIPE).exists():
+            raise JulekitError(f"{resume}: not a julekit run directory (no {RECIPE})")
+        path = resume / RECIPE
+        run_dir = RunDir(resume)
+        name = resume.name
+    else:
+        if recipe is None:
+            raise JulekitError("give a recipe file (see `julekit recipes`) or --resume RUN_DIR")
+        path = _recipe_path(recipe)
+        name = path.stem
+    resolved = load_recipe(path, overrides)
+    if resume is None:
+        out = out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = RunDir.create(out, force=force)
+    reporter = Reporter(console=console, quiet=quiet)
+    experiment = Experiment(resolved, run_dir, data_dir=str(data_dir) if data_dir else None,
+                            reporter=reporter, recipe_name=name)
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        with reporter:
+            result = experiment.run(resume=resume is not None)
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted; the last completed period is saved. Resume with: julekit run --resume {run_dir.path}")
+        raise typer.Exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    s = result.summary
+    metrics = "  ".join(f"{k.upper()} {s[k]:.4f}" for k in ("nmi", "acc", "ari") if k in s)
+    console.print(f"{name}: {s['n_clusters']} clusters on {s['n_samples']} samples  {metrics}  "
+                  f"{s['seconds']:.1f} s on {s['device']}  -> {run_dir.path}", highlight=False)
+
+
+@app.command()
+@user_errors
+def validate(
+    recipe: str = typer.Argument(..., help="Recipe file"),
+    set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+) -> None:
+    """Check a recipe and print it resolved (every setting explicit), without running it.
+
+    Example: julekit validate recipes/jule_usps.yaml --set linkage.update=fast
+    """
+    from .recipe import dump, load_recipe
+
+    resolved = load_recipe(_recipe_path(recipe), list(set_))
+    console.print(dump(resolved), end="", highlight=False, markup=False)
+
+
+@app.command()
+@user_errors
+def plugins(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+    kind: Optional[str] = typer.Option(None, help="Only this kind (backbone, affinity, ...)"),
+    pattern: str = typer.Argument("*", help="fnmatch filter on plugin names, e.g. 'k*'"),
+) -> None:
+    """List the registered plugins: kind, name, providing distribution, version, summary.
+
+    Example: julekit plugins --json
+    """
+    from .registry import get_registry
+
+    found = get_registry().all(kind, pattern)
+    if as_json:
+        print(json.dumps([p.as_dict() for p in found], indent=2))
+        return
+    table = Table(title="julekit plugins")
+    for col in ("kind", "name", "distribution", "version", "summary"):
+        table.add_column(col, overflow="fold")
+    for p in found:
+        table.add_row(p.kind, p.name, p.distribution, p.version, p.summary)
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def recipes() -> None:
+    """List the shipped recipes with their dataset and description.
+
+    Example: julekit recipes
+    """
+    from .recipe import load_raw
+
+    table = Table(title="shipped recipes")
+    for col in ("recipe", "data", "description"):
+        table.add_column(col, overflow="fold")
+    for path in shipped_recipes():
+        raw = load_raw(path)
+        data = raw.get("data", "digits")
+        data = data.get("name") if isinstance(data, dict) else data
+        table.add_row(str(path.relative_to(path.parent.parent)), str(data), raw.get("description", ""))
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def datasets(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP)) -> None:
+    """List the datasets found on the data path with N, classes and image shape.
+
+    Example: JULEKIT_DATA=~/data julekit datasets
+    """
+    from .data import list_datasets, search_path
+
+    table = Table(title="datasets (searched: " + ", ".join(str(p) for p in search_path(data_dir)) + ")")
+    for col in ("name", "N", "classes", "shape", "path"):
+        table.add_column(col, overflow="fold")
+    for d in list_datasets(data_dir):
+        shape = "x".join(str(s) for s in d["shape"]) if d.get("shape") else "-"
+        table.add_row(d["name"], str(d["n"]), str(d["classes"] or "-"), shape, str(d["path"]))
+    console.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Shared machinery for sparse linkage states: partition bookkeeping and row gathers.
+
+A linkage plugin subclasses :class:`SparseClusterState` and fills ``self.aff`` (the
+symmetric cluster affinity table as a dict of dicts, positive entries only) in
+``__init__`` and on every merge. Nothing here is ever C×C or N×N dense.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def gather_rows(m: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The non-zeros of ``m[rows]`` as (position in ``rows``, column, value), vectorised."""
+    starts, ends = m.indptr[rows], m.indptr[rows + 1]
+    counts = ends - starts
+    total = int(counts.sum())
+    owner = np.repeat(np.arange(len(rows)), counts)
+    offsets = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    flat = np.repeat(starts, counts) + offsets
+    return owner, m.indices[flat], m.data[flat]
+
+
+def membership(labels: np.ndarray, n_clusters: int) -> sp.csr_matrix:
+    """The sparse N×C indicator matrix P of a contiguous labelling."""
+    n = len(labels)
+    return sp.csr_matrix((np.ones(n), (np.arange(n), labels)), shape=(n, n_clusters))
+
+
+def dict_of_rows(m: sp.csr_matrix) -> dict[int, dict[int, float]]:
+    """Rows of a sparse matrix as {row: {col: value}} (explicit zeros dropped)."""
+    m = m.tocsr()
+    m.eliminate_zeros()
+    ind, dat, ptr = m.indices.tolist(), m.data.tolist(), m.indptr
+    return {r: dict(zip(ind[ptr[r]:ptr[r + 1]], dat[ptr[r]:ptr[r + 1]])) for r in range(m.shape[0])}
+
+
+class SparseClusterState:
+    """Partition of the samples plus a symmetric sparse affinity table ``aff``."""
+
+    def __init__(self, labels: np.ndarray) -> None:
+        self._labels = np.asarray(labels, dtype=np.int64).copy()
+        order = np.argsort(self._labels, kind="stable")
+        counts = np.bincount(self._labels)
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        self.members: dict[int, np.ndarray] = {
+            c: order[bounds[c]:bounds[c + 1]] for c in range(len(counts)) if counts[c] > 0
+        }
+        self.size: dict[int, int] = {c: int(len(m)) for c, m in self.members.items()}
+        self.aff: dict[int, dict[int, float]] = {c: {} for c in self.members}
+
+    # -- the LinkageState protocol ------------------------------------------------------
+    def affinities(self, cluster: int) -> Mapping[int, float]:
+        return self.aff[cluster]
+
+    def clusters(self) -> Iterable[int]:
+        return self.members.keys()
+
+    def labels(self) -> np.ndarray:
+        return self._labels
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    # -- helpers for subclasses ---------------------------------------------------------
+    def _absorb(self, keep: int, gone: int) -> None:
+        """Move ``gone``'s samples into ``keep`` (the caller updates the tables)."""
+        moved = self.members.pop(gone)
+        self._labels[moved] = keep
+        self.members[keep] = np.concatenate([self.members[keep], moved])
+        self.size[keep] += self.size.pop(gone)
+
+    def _set_aff(self, a: int, b: int, value: float) -> None:
+        if value > 0:
+            self.aff[a][b] = value
+            self.aff[b][a] = value
+        else:
+            self.aff[a].pop(b, None)
+            self.aff[b].pop(a, None)

@@ -1,0 +1,307 @@
+"""The loop every recipe runs: forward (cluster) and backward (train) passes by period.
+
+    period 0:  features = raw pixels          -> clusterer.forward (initial clusters)
+    period p:  features = backbone(images)    -> clusterer.forward (merges / reassignment)
+               stop when clusterer.done(...)
+               backward: train the backbone on the labels with the loss
+    final:     clusterer.finalize on the final features
+
+Every random choice derives from (seed, period), so a run resumed from the checkpoint of
+period p continues exactly as the uninterrupted run would.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .data import Dataset, load_dataset
+from .errors import JulekitError, RecipeError, TrainingError
+from .hookspecs import ForwardContext, Graph
+from .metrics import contiguous, evaluate, nmi
+from .progress import Reporter
+from .recipe import dump
+from .registry import get_registry
+from .rundir import ASSIGNMENTS, RECIPE, SUMMARY, RunDir, atomic_write_text
+
+FINAL_PERIOD_NAME = "final"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise JulekitError("device: cuda was requested but no CUDA device is available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def period_seed(seed: int, period: int, salt: int) -> int:
+    return (seed * 1_000_003 + period * 7919 + salt) % (2**63 - 1)
+
+
+@dataclass
+class Plugins:
+    backbone: Any
+    affinity: Any
+    initializer: Any
+    linkage: Any
+    clusterer: Any
+    loss: Any
+
+    @classmethod
+    def from_recipe(cls, recipe: dict) -> "Plugins":
+        registry = get_registry()
+        made = {}
+        for kind in ("backbone", "affinity", "initializer", "linkage", "clusterer", "loss"):
+            spec = recipe.get(kind)
+            if spec is None:
+                made[kind] = None
+                continue
+            settings = {k: v for k, v in spec.items() if k != "name"}
+            made[kind] = registry.get(kind, spec["name"]).create(settings)
+        return cls(**made)
+
+
+@dataclass
+class RunResult:
+    labels: np.ndarray
+    summary: dict
+    metrics: list[dict] = field(default_factory=list)
+
+
+class Experiment:
+    """Runs a validated recipe into a run directory."""
+
+    def __init__(self, recipe: dict, run_dir: RunDir, *, data_dir: str | None = None,
+                 reporter: Reporter | None = None, recipe_name: str = "run") -> None:
+        self.recipe = recipe
+        self.run_dir = run_dir
+        self.data_dir = data_dir
+        self.reporter = reporter or Reporter(quiet=True)
+        self.recipe_name = recipe_name
+        self.train = recipe["train"]
+        self.seed = recipe["seed"]
+        self.plugins = Plugins.from_recipe(recipe)
+        self.device = resolve_device(recipe["device"])
+
+    # -- set-up -----------------------------------------------------------------------------
+    def load_data(self) -> Dataset:
+        d = self.recipe["data"]
+        return load_dataset(d["name"], data_dir=self.data_dir, subset=d["subset"], seed=self.seed,
+                            resize=d["resize"], channels=d["channels"])
+
+    def target_clusters(self, data: Dataset) -> int:
+        target = self.recipe["clusters"]
+        if target is None:
+            if data.n_classes is None:
+                raise RecipeError(
+                    f"clusters: {data.source} has no labels, so the recipe must set the number of clusters "
+                    "(e.g. --set clusters=10)"
+                )
+            target = data.n_classes
+        if target > data.n:
+            raise RecipeError(f"clusters: {target} clusters requested but {data.source} has only {data.n} samples")
+        k_s = getattr(self.plugins.affinity, "k_s", None)
+        if k_s is not None and k_s >= data.n:
+            raise RecipeError(
+                f"affinity.k_s: {k_s} neighbours need more than {data.n} samples ({data.source}); lower affinity.k_s"
+            )
+        return target
+
+    # -- features -------------------------------------------------------------------------------
+    def raw_features(self, images: torch.Tensor) -> torch.Tensor:
+        return images.flatten(1).float() / 255.0
+
+    @torch.no_grad()
+    def extract(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        model.train(self.train["feature_mode"] == "train")
+        bs = self.train["feature_batch_size"]
+        out = [model(images[i:i + bs].float() / 255.0) for i in range(0, len(images), bs)]
+        return torch.cat(out)
+
+    def check_finite(self, features: torch.Tensor, period: int) -> None:
+        if not torch.isfinite(features).all():
+            raise TrainingError(
+                f"period {period}: the features contain NaN or Inf (training diverged); "
+                "lower train.lr or check the input images"
+            )
+
+    def context(self, period: int, target: int) -> ForwardContext:
+        affinity = self.plugins.affinity
+
+        def build_graph(features: torch.Tensor, k: int | None = None) -> Graph:
+            return affinity.build(features, k)
+
+        def progress(done: int, total: int) -> None:
+            self.reporter.advance("merges", done, info=f"{done}/{total}")
+
+        return ForwardContext(period=period, n_target=target, seed=period_seed(self.seed, period, 1),
+                              build_graph=build_graph, initializer=self.plugins.initializer,
+                              linkage=self.plugins.linkage, progress=progress)
+
+    def forward(self, features: torch.Tensor, labels: np.ndarray | None, period: int, target: int) -> np.ndarray:
+        self.check_finite(features, period)
+        features = self.plugins.affinity.prepare(features)
+        self.reporter.bar("merges", 1, f"period {period} clustering")
+        try:
+            new = self.plugins.clusterer.forward(features, labels, self.context(period, target))
+        finally:
+            self.reporter.hide("merges")
+        return contiguous(new)
+
+    # -- training ------------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        t = self.train
+        if t["lr_policy"] == "inv":
+            return t["lr"] * (1.0 + t["inv_gamma"] * step) ** (-t["inv_power"])
+        return t["lr"]
+
+    def train_period(self, model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                     labels: np.ndarray, period: int, step: int) -> tuple[int, float]:
+        t = self.train
+        criterion = self.plugins.loss.criterion(model.embedding_dim, labels, period_seed(self.seed, period, 2))
+        criterion = criterion.to(self.device)
+        head_params = [p for p in criterion.parameters() if p.requires_grad]
+        head_opt = torch.optim.SGD(head_params, lr=t["lr"], weight_decay=t["weight_decay"]) if head_params else None
+        generator = torch.Generator().manual_seed(period_seed(self.seed, period, 3))
+        labels_t = torch.as_tensor(labels, device=self.device)
+        total_loss, count = 0.0, 0
+        self.reporter.bar("epochs", t["epochs"], f"period {period} training")
+        for epoch in range(t["epochs"]):
+            model.train()
+            order = self.plugins.loss.epoch_order(labels, generator).to(self.device)
+            for start in range(0, len(order), t["batch_size"]):
+                idx = order[start:start + t["batch_size"]]
+                lr = self.lr_at(step)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                try:
+                    loss = criterion(model(images[idx].float() / 255.0), labels_t[idx])
+                except torch.cuda.OutOfMemoryError:
+                    raise TrainingError(
+                        f"period {period}: CUDA out of memory at train.batch_size={t['batch_size']}; "
+                        f"lower it (e.g. --set train.batch_size={max(1, t['batch_size'] // 2)})"
+                    ) from None
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"period {period}, epoch {epoch + 1}: the loss became {loss.item()} (training diverged); "
+                        f"lower train.lr (now {t['lr']}) and resume or rerun"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                if head_opt is not None:
+                    head_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if head_opt is not None:
+                    head_opt.step()
+                total_loss += float(loss.detach())
+                count += 1
+                step += 1
+            self.reporter.advance("epochs", epoch + 1, info=f"loss {total_loss / max(count, 1):.4f}")
+        self.reporter.hide("epochs")
+        return step, total_loss / max(count, 1)
+
+    # -- the run -------------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> RunResult:
+        started = time.time()
+        data = self.load_data()
+        target = self.target_clusters(data)
+        torch.manual_seed(self.seed)
+        images = torch.as_tensor(data.images).to(self.device)
+        model, optimizer = None, None
+        if self.plugins.backbone is not None:
+            try:
+                model = self.plugins.backbone.build(data.shape).to(self.device)
+            except ValueError as exc:
+                raise RecipeError(f"backbone: {exc}") from None
+            t = self.train
+            optimizer = torch.optim.SGD(model.parameters(), lr=t["lr"], momentum=t["momentum"],
+                                        dampening=t["dampening"], weight_decay=t["weight_decay"])
+        labels: np.ndarray | None = None
+        rows: list[dict] = []
+        period, step, elapsed_before = 0, 0, 0.0
+        if resume:
+            state = self.run_dir.load_checkpoint()
+            if state is not None:
+                labels = state["labels"]
+                period, step = state["period"] + 1, state["step"]
+                elapsed_before = state.get("seconds", 0.0)
+                if model is not None:
+                    model.load_state_dict(state["model"])
+                    optimizer.load_state_dict(state["optimizer"])
+                rows = [r for r in self.run_dir.read_metrics() if r.get("period", -1) < period]
+                self.reporter.log(f"resuming after period {state['period']} ({int(labels.max()) + 1} clusters)")
+        else:
+            atomic_write_text(self.run_dir.file(RECIPE), dump(self.recipe))
+        loop_start = time.time() - elapsed_before
+
+        self.reporter.bar("periods", self.train["max_periods"], "periods")
+        self.reporter.advance("periods", period)
+        while True:
+            done = labels is not None and self.plugins.clusterer.done(labels, target)
+            if done or period >= self.train["max_periods"]:
+                break
+            t0 = time.time()
+            if model is None or labels is None:
+                features = self.raw_features(images)
+            else:
+                features = self.extract(model, images)
+            previous = labels
+            labels = self.forward(features, labels, period, target)
+            row: dict[str, Any] = {"period": period, "clusters": int(labels.max()) + 1}
+            row.update(evaluate(data.labels, labels))
+            if previous is not None:
+                row["nmi_prev"] = nmi(previous, labels)
+            if model is not None and not self.plugins.clusterer.done(labels, target) and self.train["epochs"] > 0:
+                row["lr"] = self.lr_at(step)
+                step, row["loss"] = self.train_period(model, optimizer, images, labels, period, step)
+            row["seconds"] = time.time() - t0
+            rows.append(row)
+            self.reporter.period(row)
+            self.run_dir.write_metrics(rows)
+            checkpoint = {"period": period, "step": step, "labels": labels, "seconds": time.time() - loop_start}
+            if model is not None:
+                checkpoint["model"] = model.state_dict()
+                checkpoint["optimizer"] = optimizer.state_dict()
+            self.run_dir.save_checkpoint(checkpoint)
+            period += 1
+            self.reporter.advance("periods", period)
+        self.reporter.hide("periods")
+
+        t0 = time.time()
+        features = self.raw_features(images) if model is None else self.extract(model, images)
+        self.check_finite(features, period)
+        final_features = self.plugins.affinity.prepare(features)
+        self.reporter.bar("merges", 1, "final stage")
+        labels = contiguous(self.plugins.clusterer.finalize(final_features, labels, self.context(period, target)))
+        self.reporter.hide("merges")
+        final_row: dict[str, Any] = {"period": FINAL_PERIOD_NAME, "clusters": int(labels.max()) + 1,
+                                     **evaluate(data.labels, labels), "seconds": time.time() - t0}
+        rows.append(final_row)
+        self.reporter.period(final_row)
+        self.run_dir.write_metrics(rows)
+        self.run_dir.write_assignments(labels, data.paths, data.labels)
+        summary = {
+            **{k: final_row[k] for k in ("nmi", "acc", "ari") if k in final_row},
+            "n_clusters": int(labels.max()) + 1,
+            "n_samples": data.n,
+            "periods": sum(1 for r in rows if r["period"] != FINAL_PERIOD_NAME),
+            "seconds": time.time() - loop_start,
+            "device": str(self.device) if self.device.type == "cpu" else torch.cuda.get_device_name(self.device),
+            "dataset": data.name,
+            "data_source": data.source,
+            "recipe_name": self.recipe_name,
+            "recipe": self.recipe,
+            "versions": {"julekit": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        }
+        self.run_dir.write_json(SUMMARY, summary)
+        self.reporter.table(rows, summary)
+        return RunResult(labels=labels, summary=summary, metrics=rows)

@@ -1,0 +1,112 @@
+"""A run on disk: atomic writes, the run directory layout, checkpoints."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from .errors import JulekitError
+
+RECIPE = "recipe.yaml"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+ASSIGNMENTS = "assignments.csv"
+CHECKPOINT = "checkpoint.pt"
+MONTAGE = "montage.png"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder and rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def to_jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    return value
+
+
+class RunDir:
+    """The folder of one run: recipe, metrics, summary, assignments, checkpoint, tb/."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, path: Path, force: bool = False) -> "RunDir":
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise JulekitError(f"{path}: exists and is not a directory; choose another --out")
+        if path.exists() and any(path.iterdir()) and not force:
+            raise JulekitError(
+                f"{path}: run directory exists and is not empty; use --resume {path} to continue it, "
+                "--force to overwrite it, or another --out"
+            )
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def write_json(self, name: str, data: Any) -> None:
+        atomic_write_text(self.file(name), json.dumps(to_jsonable(data), indent=2) + "\n")
+
+    def write_metrics(self, rows: list[dict]) -> None:
+        atomic_write_text(self.file(METRICS), "".join(json.dumps(to_jsonable(r)) + "\n" for r in rows))
+
+    def read_metrics(self) -> list[dict]:
+        path = self.file(METRICS)
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def write_assignments(self, labels: np.ndarray, paths: list[str] | None, truth: np.ndarray | None) -> None:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        header = ["path" if paths is not None else "index", "cluster"] + (["label"] if truth is not None else [])
+        writer.writerow(header)
+        keys: Iterable = paths if paths is not None else range(len(labels))
+        for i, key in enumerate(keys):
+            writer.writerow([key, int(labels[i])] + ([int(truth[i])] if truth is not None else []))
+        atomic_write_text(self.file(ASSIGNMENTS), buf.getvalue())
+
+    def save_checkpoint(self, state: dict) -> None:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(self.file(CHECKPOINT), buf.getvalue())
+
+    def load_checkpoint(self) -> dict | None:
+        path = self.file(CHECKPOINT)
+        if not path.exists():
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise JulekitError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
