@@ -136,7 +136,7 @@ def validate(
     from .recipe import dump, load_recipe
 
     resolved = load_recipe(_recipe_path(recipe), list(set_))
-    console.print(dump(resolved), end="", highlight=False, markup=False)
+    typer.echo(dump(resolved), nl=False)
 
 
 @app.command()

@@ -243,7 +243,7 @@ def _validate_plugin(kind: str, value: Any, registry: Registry, src: str) -> dic
     if value is None:
         if kind in OPTIONAL_KINDS:
             return None
-        raise RecipeError(f"{where}: a {kind} plugin is required (registered: {', '.join(registry.names(kind))})")
+        raise RecipeError(f"{where}: the recipe must choose a {kind} plugin (registered: {', '.join(registry.names(kind))})")
     value = _as_plugin(value)
     if not isinstance(value, dict):
         raise RecipeError(f"{where}: expected a plugin name or a mapping with 'name', got {value!r}")

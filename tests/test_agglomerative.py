@@ -1,0 +1,264 @@
+"""The agglomerative clusterer: merge criterion, partial unrolling, the paper's AC-GDL on COIL-20."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from jule_kit.hookspecs import ForwardContext
+from jule_kit.metrics import nmi
+from plugins.affinity.knn_gaussian import KnnGaussian
+from plugins.clusterer.agglomerative import Agglomerative, best_neighbour, merge_score
+from plugins.initializer.path_integral import PathIntegralInit
+from plugins.linkage.gdl import GDL
+
+COIL20 = Path("/work/shared/datasets/coil20.npz")
+
+
+def make_ctx(aff: KnnGaussian, n_target: int, calls: list | None = None) -> ForwardContext:
+    def build_graph(f, k=None):
+        if calls is not None:
+            calls.append(k)
+        return aff.build(f, k)
+
+    return ForwardContext(period=1, n_target=n_target, seed=0, build_graph=build_graph,
+                          initializer=PathIntegralInit(), linkage=GDL())
+
+
+# ----------------------------------------------------------------------------------------
+# the merge criterion
+# ----------------------------------------------------------------------------------------
+
+
+def test_merge_score_hand_values():
+    values = [0.1, 0.5, 0.01, 0.3, 0.05, 0.2]  # any order
+    # K_c = 5, λ = 1: top five 0.5, 0.3, 0.2, 0.1, 0.05 → 2·0.5 − (0.3+0.2+0.1+0.05)/4
+    assert merge_score(values, 5, 1.0) == pytest.approx(1.0 - 0.65 / 4)
+    # λ = 0.5: 1.5·0.5 − 0.5/4 · 0.65
+    assert merge_score(values, 5, 0.5) == pytest.approx(0.75 - 0.125 * 0.65)
+    # K_c = 3, λ = 2: 3·0.5 − 2/2 · (0.3 + 0.2)
+    assert merge_score(values, 3, 2.0) == pytest.approx(1.0)
+    # K_c = 2, λ = 1: 2·0.5 − 0.3
+    assert merge_score(values, 2, 1.0) == pytest.approx(0.7)
+
+
+def test_merge_score_fewer_neighbours_than_kc():
+    # absent neighbours count as affinity 0: 2·0.4 − (0.2 + 0 + 0 + 0)/4
+    assert merge_score([0.4, 0.2], 5, 1.0) == pytest.approx(0.75)
+    # a single neighbour: (1 + λ) A1
+    assert merge_score([0.4], 5, 1.0) == pytest.approx(0.8)
+    assert merge_score([0.4], 5, 3.0) == pytest.approx(1.6)
+
+
+def test_merge_score_kc_one_is_max_affinity():
+    assert merge_score([0.4, 0.2, 0.35], 1, 1.0) == pytest.approx(0.4)
+    assert merge_score([0.4, 0.2, 0.35], 1, 7.0) == pytest.approx(0.4)
+    assert merge_score([0.4, 0.2], 5, 0.0) == pytest.approx(0.4)  # λ = 0: the plain maximum
+    assert merge_score([], 5, 1.0) == -math.inf
+    assert merge_score(iter({3: 0.25, 4: 0.5}.values()), 1, 1.0) == pytest.approx(0.5)
+
+
+def test_best_neighbour_breaks_ties_by_smallest_id():
+    assert best_neighbour({5: 0.3, 2: 0.7, 9: 0.1}) == 2
+    assert best_neighbour({8: 0.5, 3: 0.5, 4: 0.2}) == 3
+
+
+class TableState:
+    """A LinkageState over a fixed symmetric table (merged rows: element-wise max)."""
+
+    def __init__(self, table: dict[tuple[int, int], float], n: int) -> None:
+        self.aff = {c: {} for c in range(n)}
+        for (i, j), v in table.items():
+            self.aff[i][j] = v
+            self.aff[j][i] = v
+        self._labels = np.arange(n)
+        self.merges: list[tuple[int, int]] = []
+
+    def affinities(self, c):
+        return self.aff[c]
+
+    def clusters(self):
+        return self.aff.keys()
+
+    def labels(self):
+        return self._labels
+
+    def merge(self, a, b):
+        self.merges.append(tuple(sorted((a, b))))
+        keep, gone = min(a, b), max(a, b)
+        row = self.aff.pop(gone)
+        for x in row:
+            if x != keep:
+                self.aff[x].pop(gone, None)
+                v = max(row[x], self.aff[keep].get(x, 0.0))
+                self.aff[keep][x] = self.aff[x][keep] = v
+        self.aff[keep].pop(gone, None)
+        self._labels[self._labels == gone] = keep
+        return keep, set(self.aff[keep]) | {keep}
+
+
+class TableLinkage:
+    def __init__(self, table, n):
+        self.table, self.n, self.states = table, n, []
+
+    def init(self, graph, labels):
+        self.states.append(TableState(self.table, self.n))
+        return self.states[-1]
+
+
+# a clique 0-1-2-3 holding the strongest pair (0,1), and an isolated pair (4,5)
+CLIQUE_AND_PAIR = {(0, 1): 0.9, (0, 2): 0.85, (0, 3): 0.8, (1, 2): 0.85, (1, 3): 0.8, (2, 3): 0.8, (4, 5): 0.7}
+
+
+@pytest.mark.parametrize("k_c,kc_min,want", [
+    (1, 0, (0, 1)),  # plain AC-GDL: the max-affinity pair
+    (3, 0, (4, 5)),  # criterion: 0 scores 2·0.9 − (0.85+0.8)/2 = 0.975 < 4's 2·0.7 = 1.4
+    (3, 10, (0, 1)),  # the K_c term is off while there are at most kc_min_clusters clusters
+])
+def test_one_step_follows_the_criterion(k_c, kc_min, want):
+    linkage = TableLinkage(CLIQUE_AND_PAIR, 6)
+    ctx = ForwardContext(period=1, n_target=1, seed=0, build_graph=None, initializer=None, linkage=linkage)
+    clus = Agglomerative(k_c=k_c, lam=1.0, kc_min_clusters=kc_min)
+    labels = clus.agglomerate(None, None, np.arange(6), 1, ctx)
+    assert linkage.states[0].merges == [want]
+    assert labels.max() + 1 == 5
+
+
+def test_progress_is_reported():
+    linkage = TableLinkage(CLIQUE_AND_PAIR, 6)
+    seen = []
+    ctx = ForwardContext(period=1, n_target=1, seed=0, build_graph=None, initializer=None, linkage=linkage,
+                         progress=lambda done, total: seen.append((done, total)))
+    Agglomerative(k_c=1).agglomerate(None, None, np.arange(6), 3, ctx)
+    assert seen[-1] == (3, 3)
+    assert len(linkage.states[0].merges) == 3
+
+
+# ----------------------------------------------------------------------------------------
+# COIL-20: the paper's AC-GDL figure
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def coil20():
+    if not COIL20.exists():  # pragma: no cover - depends on the machine
+        pytest.skip("coil20.npz is not available")
+    d = np.load(COIL20)
+    x = torch.from_numpy(d["images"].reshape(len(d["images"]), -1).astype(np.float32) / 255.0)
+    aff = KnnGaussian(k_s=20, normalize="none")
+    return aff.prepare(x), d["labels"], aff
+
+
+@pytest.mark.slow
+def test_ac_gdl_on_coil20(coil20):
+    f, y, aff = coil20
+    clus = Agglomerative(eta=1.0, k_c=1, merge_first_period=True)
+    labels = clus.forward(f, None, make_ctx(aff, 20))
+    assert labels.dtype == np.int64 and labels.shape == (1440,)
+    assert set(labels.tolist()) == set(range(20))
+    assert clus.done(labels, 20)
+    score = nmi(y, labels)
+    assert score >= 0.93, score
+
+
+@pytest.mark.slow
+def test_partial_unrolling_on_coil20(coil20):
+    f, y, aff = coil20
+    ctx = make_ctx(aff, 20)
+    clus = Agglomerative(eta=0.5, k_c=5)
+    labels = clus.forward(f, None, ctx)  # first period: the initial clusters only
+    initial = PathIntegralInit().initial_labels(aff.build(f), f, 20, 0)
+    assert labels.max() + 1 == initial.max() + 1 == 424
+    counts = [int(labels.max()) + 1]
+    while not clus.done(labels, 20):
+        c = int(labels.max()) + 1
+        new = clus.forward(f, labels, ctx)
+        want = max(c - math.ceil(0.5 * c), 20)
+        assert new.max() + 1 == want
+        assert set(new.tolist()) == set(range(want))  # contiguous
+        # merges only: every old cluster lies inside one new cluster
+        assert len(set(zip(labels.tolist(), new.tolist()))) == c
+        labels = new
+        counts.append(want)
+    assert counts == [424, 212, 106, 53, 26, 20]
+    assert nmi(y, labels) > 0.9
+
+
+@pytest.mark.slow
+def test_forward_is_deterministic(coil20):
+    f, y, aff = coil20
+    clus = Agglomerative(eta=0.5, k_c=5)
+    start = PathIntegralInit().initial_labels(aff.build(f), f, 20, 0)
+    a = clus.forward(f, start.copy(), make_ctx(aff, 20))
+    b = Agglomerative(eta=0.5, k_c=5).forward(f, start.copy(), make_ctx(aff, 20))
+    np.testing.assert_array_equal(a, b)
+    assert a.max() + 1 == 212
+
+
+@pytest.mark.slow
+def test_finalize_sf_reaches_target(coil20):
+    f, y, aff = coil20
+    start = PathIntegralInit().initial_labels(aff.build(f), f, 20, 0)
+    clus = Agglomerative(eta=0.9, k_c=5, final="sf")
+    labels = clus.finalize(f, start, make_ctx(aff, 20))
+    assert labels.max() + 1 == 20
+
+
+# ----------------------------------------------------------------------------------------
+# a disconnected sample graph
+# ----------------------------------------------------------------------------------------
+
+
+def two_blobs() -> torch.Tensor:
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(size=(30, 2)), rng.normal(size=(30, 2)) + 100.0])
+    return torch.from_numpy(x.astype(np.float32))
+
+
+def test_disconnected_graph_is_densified():
+    x = two_blobs()
+    aff = KnnGaussian(k_s=3, normalize="none")
+    assert aff.build(x).weights[:30, 30:].nnz == 0  # no edge between the blobs at K_s = 3
+    calls: list = []
+    labels = Agglomerative(eta=1.0, k_c=1, merge_first_period=True).forward(x, None, make_ctx(aff, 1, calls))
+    assert labels.max() == 0 and np.all(labels == 0)
+    ks = [k for k in calls if k is not None]
+    assert ks, "the graph was never rebuilt with more neighbours"
+    assert ks == [3 * 2 ** (i + 1) for i in range(len(ks))]  # K_s doubles each time
+    assert ks[-1] >= 30  # only then can the blobs connect
+
+
+def test_disconnected_graph_two_targets_needs_no_densifying():
+    x = two_blobs()
+    aff = KnnGaussian(k_s=5, normalize="none")
+    calls: list = []
+    labels = Agglomerative(eta=1.0, k_c=1, merge_first_period=True).forward(x, None, make_ctx(aff, 2, calls))
+    assert labels.max() + 1 == 2
+    assert len(set(labels[:30].tolist())) == 1 and len(set(labels[30:].tolist())) == 1
+
+
+def test_disconnected_graph_beyond_max_k_s_raises():
+    x = two_blobs()
+    aff = KnnGaussian(k_s=3, normalize="none")
+    with pytest.raises(RuntimeError, match="disconnected"):
+        Agglomerative(eta=1.0, k_c=1, merge_first_period=True, max_k_s=12).forward(x, None, make_ctx(aff, 1))
+
+
+def test_first_period_without_merging_returns_initial_clusters():
+    x = two_blobs()
+    aff = KnnGaussian(k_s=3, normalize="none")
+    labels = Agglomerative(eta=1.0).forward(x, None, make_ctx(aff, 1))
+    want = PathIntegralInit().initial_labels(aff.build(x), x, 1, 0)
+    assert len(set(zip(labels.tolist(), want.tolist()))) == want.max() + 1 == labels.max() + 1
+
+
+def test_invalid_settings():
+    with pytest.raises(ValueError):
+        Agglomerative(eta=0.0)
+    with pytest.raises(ValueError):
+        Agglomerative(eta=1.5)
+    with pytest.raises(ValueError):
+        Agglomerative(k_c=0)

@@ -1,0 +1,108 @@
+"""The paper's CNN backbone for each dataset's input shape."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from plugins.backbone.jule_cnn import JuleCNNBackbone
+
+# name, input shape, blocks, pool, flattened size before the linear layer (paper's models_def)
+PAPER_SHAPES = [
+    ("mnist", (1, 28, 28), 2, [True, False], 3200),
+    ("usps", (1, 16, 16), 1, None, 1800),
+    ("coil20", (1, 128, 128), 4, None, 1250),
+    ("cmu_pie", (1, 32, 32), 2, None, 1250),
+    ("frgc", (3, 32, 32), 2, None, 1250),
+]
+
+
+def convs_and_linears(model: nn.Module):
+    return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+@pytest.mark.parametrize("name,shape,blocks,pool,flat", PAPER_SHAPES, ids=[s[0] for s in PAPER_SHAPES])
+def test_paper_shapes(name, shape, blocks, pool, flat):
+    torch.manual_seed(0)
+    model = JuleCNNBackbone(blocks=blocks, pool=pool).build(shape)
+    assert model.fc.in_features == flat
+    assert model.fc.out_features == 160
+    assert model.embedding_dim == 160
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == blocks
+    assert all(c.out_channels == 50 and c.kernel_size == (5, 5) and c.padding == (0, 0) for c in convs)
+    assert convs[0].in_channels == shape[0]
+    pools = [m for m in model.modules() if isinstance(m, nn.MaxPool2d)]
+    assert len(pools) == sum(pool if pool is not None else [True] * blocks)
+    assert all(p.ceil_mode for p in pools)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == blocks
+    x = torch.rand(3, *shape)
+    for mode in (model.train, model.eval):
+        mode()
+        with torch.no_grad():
+            out = model(x)
+        assert out.shape == (3, 160)
+        torch.testing.assert_close(out.norm(dim=1), torch.ones(3), atol=1e-5, rtol=0)
+
+
+def test_mnist_pool_only_after_first_block():
+    model = JuleCNNBackbone(blocks=2, pool=[True, False]).build((1, 28, 28))
+    kinds = [type(m).__name__ for m in model.features]
+    assert kinds == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d", "Conv2d", "BatchNorm2d", "ReLU"]
+
+
+def test_coil100_rgb_64():
+    model = JuleCNNBackbone(blocks=4).build((3, 64, 64))
+    # 64 -conv-> 60 -pool-> 30 -> 26 -> 13 -> 9 -> 5 -> 1 -> 1 (ceil mode)
+    assert model.fc.in_features == 50
+    out = model(torch.rand(4, 3, 64, 64))
+    assert out.shape == (4, 160)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(4), atol=1e-5, rtol=0)
+    out.sum().backward()
+    assert model.fc.weight.grad is not None
+
+
+def test_umist_padding():
+    model = JuleCNNBackbone(blocks=3, padding=2).build((1, 112, 92))
+    assert model.fc.in_features == 8400  # 50 × 14 × 12 (paper)
+
+
+@pytest.mark.parametrize("shape,blocks", [((1, 28, 28), 2), ((1, 32, 32), 2), ((1, 128, 128), 4)])
+def test_initialisation(shape, blocks):
+    torch.manual_seed(0)
+    model = JuleCNNBackbone(blocks=blocks).build(shape)
+    layers = convs_and_linears(model)
+    assert len(layers) == blocks + 1
+    for m in layers:
+        w = m.weight.detach()
+        assert torch.all(m.bias == 0)
+        assert abs(w.mean().item()) < 0.001
+        tol = 0.0015 if w.numel() >= 1000 else 0.003
+        assert abs(w.std().item() - 0.01) < tol, (m, w.std().item())
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):  # pytorch default
+            assert torch.all(m.weight == 1) and torch.all(m.bias == 0)
+
+
+def test_init_std_and_torch7_batchnorm():
+    torch.manual_seed(0)
+    model = JuleCNNBackbone(blocks=2, init_std=0.05, bn_init="torch7").build((1, 32, 32))
+    assert abs(model.fc.weight.std().item() - 0.05) < 0.002
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for bn in bns:
+        assert torch.all((bn.weight >= 0) & (bn.weight <= 1))
+        assert bn.weight.std() > 0.1  # uniform on [0, 1], not constant
+        assert torch.all(bn.bias == 0)
+
+
+@pytest.mark.parametrize("shape,blocks", [((1, 16, 16), 3), ((1, 16, 16), 4), ((1, 8, 8), 2), ((3, 4, 4), 1)])
+def test_too_many_blocks_raises_value_error(shape, blocks):
+    with pytest.raises(ValueError):
+        JuleCNNBackbone(blocks=blocks).build(shape)
+
+
+def test_invalid_settings():
+    with pytest.raises(ValueError):
+        JuleCNNBackbone(blocks=0)
+    with pytest.raises(ValueError):
+        JuleCNNBackbone(blocks=2, pool=[True])
