@@ -58,7 +58,7 @@ def knn(x: torch.Tensor, k: int, backend: str = "auto", block: int = 4096) -> tu
     n = x.shape[0]
     if not 0 < k < n:
         raise ValueError(f"k must be in 1..{n - 1}, got {k}")
-    x = x.float().contiguous()
+    x = x.detach().float().contiguous()
     kq = k + 1
     name = choose_backend(x.device, backend)
     if name == "faiss":

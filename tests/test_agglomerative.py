@@ -1,6 +1,7 @@
 """The agglomerative clusterer: merge criterion, partial unrolling, the paper's AC-GDL on COIL-20."""
 from __future__ import annotations
 
+import os
 import math
 from pathlib import Path
 
@@ -15,14 +16,23 @@ from plugins.clusterer.agglomerative import Agglomerative, best_neighbour, merge
 from plugins.initializer.path_integral import PathIntegralInit
 from plugins.linkage.gdl import GDL
 
-COIL20 = Path("/work/shared/datasets/coil20.npz")
+# the benchmark datasets: $JULEKIT_DATA, else ../shared/datasets next to the repository
+DATA = Path(os.environ.get("JULEKIT_DATA") or Path(__file__).resolve().parents[2] / "shared" / "datasets")
+COIL20 = DATA / "coil20.npz"
 
 
-def make_ctx(aff: KnnGaussian, n_target: int, calls: list | None = None) -> ForwardContext:
+def make_ctx(aff: KnnGaussian, n_target: int, calls: list | None = None, cache: dict | None = None) -> ForwardContext:
+    """``cache`` reuses graphs of the same features (the COIL-20 graph takes a while on 2 cores)."""
+
     def build_graph(f, k=None):
         if calls is not None:
             calls.append(k)
-        return aff.build(f, k)
+        if cache is None:
+            return aff.build(f, k)
+        key = (id(f), k)
+        if key not in cache:
+            cache[key] = aff.build(f, k)
+        return cache[key]
 
     return ForwardContext(period=1, n_target=n_target, seed=0, build_graph=build_graph,
                           initializer=PathIntegralInit(), linkage=GDL())
@@ -145,18 +155,20 @@ def test_progress_is_reported():
 @pytest.fixture(scope="module")
 def coil20():
     if not COIL20.exists():  # pragma: no cover - depends on the machine
-        pytest.skip("coil20.npz is not available")
+        pytest.fail(f"{COIL20} not found: set JULEKIT_DATA to the folder holding the benchmark datasets")
     d = np.load(COIL20)
     x = torch.from_numpy(d["images"].reshape(len(d["images"]), -1).astype(np.float32) / 255.0)
     aff = KnnGaussian(k_s=20, normalize="none")
-    return aff.prepare(x), d["labels"], aff
+    f = aff.prepare(x)
+    cache = {(id(f), None): aff.build(f)}
+    return f, d["labels"], aff, cache
 
 
 @pytest.mark.slow
 def test_ac_gdl_on_coil20(coil20):
-    f, y, aff = coil20
+    f, y, aff, cache = coil20
     clus = Agglomerative(eta=1.0, k_c=1, merge_first_period=True)
-    labels = clus.forward(f, None, make_ctx(aff, 20))
+    labels = clus.forward(f, None, make_ctx(aff, 20, cache=cache))
     assert labels.dtype == np.int64 and labels.shape == (1440,)
     assert set(labels.tolist()) == set(range(20))
     assert clus.done(labels, 20)
@@ -166,11 +178,11 @@ def test_ac_gdl_on_coil20(coil20):
 
 @pytest.mark.slow
 def test_partial_unrolling_on_coil20(coil20):
-    f, y, aff = coil20
-    ctx = make_ctx(aff, 20)
+    f, y, aff, cache = coil20
+    ctx = make_ctx(aff, 20, cache=cache)
     clus = Agglomerative(eta=0.5, k_c=5)
     labels = clus.forward(f, None, ctx)  # first period: the initial clusters only
-    initial = PathIntegralInit().initial_labels(aff.build(f), f, 20, 0)
+    initial = PathIntegralInit().initial_labels(cache[(id(f), None)], f, 20, 0)
     assert labels.max() + 1 == initial.max() + 1 == 424
     counts = [int(labels.max()) + 1]
     while not clus.done(labels, 20):
@@ -189,9 +201,10 @@ def test_partial_unrolling_on_coil20(coil20):
 
 @pytest.mark.slow
 def test_forward_is_deterministic(coil20):
-    f, y, aff = coil20
+    f, y, aff, cache = coil20
     clus = Agglomerative(eta=0.5, k_c=5)
-    start = PathIntegralInit().initial_labels(aff.build(f), f, 20, 0)
+    start = PathIntegralInit().initial_labels(cache[(id(f), None)], f, 20, 0)
+    # no graph cache: the graph is rebuilt from the features on each call
     a = clus.forward(f, start.copy(), make_ctx(aff, 20))
     b = Agglomerative(eta=0.5, k_c=5).forward(f, start.copy(), make_ctx(aff, 20))
     np.testing.assert_array_equal(a, b)
@@ -200,10 +213,10 @@ def test_forward_is_deterministic(coil20):
 
 @pytest.mark.slow
 def test_finalize_sf_reaches_target(coil20):
-    f, y, aff = coil20
-    start = PathIntegralInit().initial_labels(aff.build(f), f, 20, 0)
+    f, y, aff, cache = coil20
+    start = PathIntegralInit().initial_labels(cache[(id(f), None)], f, 20, 0)
     clus = Agglomerative(eta=0.9, k_c=5, final="sf")
-    labels = clus.finalize(f, start, make_ctx(aff, 20))
+    labels = clus.finalize(f, start, make_ctx(aff, 20, cache=cache))
     assert labels.max() + 1 == 20
 
 

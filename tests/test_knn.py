@@ -1,6 +1,7 @@
 """k-nearest-neighbour backends and the Gaussian kNN sample graph."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,9 @@ import torch
 from jule_kit.backends import available_backends, knn
 from plugins.affinity.knn_gaussian import KnnGaussian
 
-USPS = Path("/work/shared/datasets/usps.npz")
+# the benchmark datasets: $JULEKIT_DATA, else ../shared/datasets next to the repository
+DATA = Path(os.environ.get("JULEKIT_DATA") or Path(__file__).resolve().parents[2] / "shared" / "datasets")
+USPS = DATA / "usps.npz"
 K = 20
 
 

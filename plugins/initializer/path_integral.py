@@ -33,6 +33,8 @@ def nearest_neighbour_chains(nearest: np.ndarray, max_chain: int | None = None) 
                 labels[chain] = labels[node]
                 break
             if node in on_chain or len(chain) > max_chain:
+                if node not in on_chain:  # the Torch code labels the sample where the cut happens too
+                    chain.append(node)
                 labels[chain] = n_clusters
                 n_clusters += 1
                 break
