@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from jule_kit import hookimpl
+from jule_kit.errors import JulekitError
 from jule_kit.hookspecs import ForwardContext, LinkageState
 from jule_kit.metrics import contiguous
 
@@ -105,7 +106,7 @@ class Agglomerative:
             if done < steps:  # no positive affinity left: densify the graph (Caffe doubles K_s)
                 k = graph.k * 2
                 if k > min(self.max_k_s, graph.n_samples - 1):
-                    raise RuntimeError(
+                    raise JulekitError(
                         f"the cluster graph is disconnected at {len(list(state.clusters()))} clusters even with "
                         f"K_s = {graph.k}; lower the target number of clusters or raise clusterer.max_k_s"
                     )
