@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from jule_kit.errors import JulekitError
 import torch
 
 from jule_kit.hookspecs import ForwardContext
@@ -256,7 +258,7 @@ def test_disconnected_graph_two_targets_needs_no_densifying():
 def test_disconnected_graph_beyond_max_k_s_raises():
     x = two_blobs()
     aff = KnnGaussian(k_s=3, normalize="none")
-    with pytest.raises(RuntimeError, match="disconnected"):
+    with pytest.raises(JulekitError, match="disconnected"):
         Agglomerative(eta=1.0, k_c=1, merge_first_period=True, max_k_s=12).forward(x, None, make_ctx(aff, 1))
 
 

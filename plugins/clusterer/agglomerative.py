@@ -87,6 +87,8 @@ class Agglomerative:
         return int(labels.max()) + 1 <= n_target
 
     def finalize(self, features: torch.Tensor, labels: np.ndarray, ctx: ForwardContext) -> np.ndarray:
+        if self.final == "sf" and labels is not None and self.done(labels, ctx.n_target):
+            return labels  # nothing left to merge: skip building the graph
         graph = ctx.build_graph(features)
         if self.final == "rc":
             labels = contiguous(ctx.initializer.initial_labels(graph, features, ctx.n_target, ctx.seed))
