@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from jule_kit.errors import JulekitError
 import torch
 
+from jule_kit.errors import JulekitError
 from jule_kit.hookspecs import ForwardContext
 from jule_kit.metrics import nmi
 from plugins.affinity.knn_gaussian import KnnGaussian
