@@ -88,3 +88,51 @@ def _drop_self(d: np.ndarray, i: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
     keep = np.ones_like(is_self)
     keep[np.arange(n), first] = False
     return d[keep].reshape(n, k), i[keep].reshape(n, k)
+
+
+def _torch_kmeans(x: torch.Tensor, init: torch.Tensor, niter: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means on x's device; empty clusters keep their previous centroid."""
+    centroids = init.clone()
+    k = centroids.shape[0]
+    for _ in range(niter):
+        assign = _torch_assign(x, centroids, block)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k).to(x.dtype)
+        nonempty = counts > 0
+        centroids[nonempty] = sums[nonempty] / counts[nonempty, None]
+    return centroids, _torch_assign(x, centroids, block)
+
+
+def _torch_assign(x: torch.Tensor, centroids: torch.Tensor, block: int) -> torch.Tensor:
+    c_sq = (centroids * centroids).sum(1)
+    out = []
+    for start in range(0, x.shape[0], block):
+        q = x[start:start + block]
+        out.append((c_sq[None, :] - 2.0 * (q @ centroids.T)).argmin(1))
+    return torch.cat(out)
+
+
+def kmeans(x: torch.Tensor, k: int, niter: int = 20, seed: int = 0, backend: str = "auto",
+           block: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """k-means of the rows of ``x``: returns ``(centroids (k, D), labels (N,))``.
+
+    Initial centroids are k distinct random rows chosen by ``seed``; faiss (no subsampling,
+    splits empty clusters) where installed, otherwise Lloyd iterations in torch on x's device.
+    """
+    n = x.shape[0]
+    if not 0 < k <= n:
+        raise ValueError(f"k must be in 1..{n}, got {k}")
+    x = x.detach().float().contiguous()
+    # both backends start from the same k distinct random rows, so they agree on the same data
+    init_rows = np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+    name = choose_backend(x.device, backend)
+    if name == "faiss":
+        xs = x.cpu().numpy()
+        km = faiss.Kmeans(xs.shape[1], k, niter=niter, seed=seed, max_points_per_centroid=10**9,
+                          min_points_per_centroid=1, verbose=False)
+        km.train(xs, init_centroids=xs[init_rows])
+        _, labels = km.index.search(xs, 1)
+        return km.centroids.copy(), labels.ravel().astype(np.int64)
+    init = x[torch.as_tensor(init_rows, device=x.device)]
+    centroids, labels = _torch_kmeans(x, init, niter, block)
+    return centroids.cpu().numpy(), labels.cpu().numpy().astype(np.int64)
