@@ -237,7 +237,8 @@ def test_disconnected_graph_is_densified():
     aff = KnnGaussian(k_s=3, normalize="none")
     assert aff.build(x).weights[:30, 30:].nnz == 0  # no edge between the blobs at K_s = 3
     calls: list = []
-    labels = Agglomerative(eta=1.0, k_c=1, merge_first_period=True).forward(x, None, make_ctx(aff, 1, calls))
+    clusterer = Agglomerative(eta=1.0, k_c=1, merge_first_period=True, disconnected="double_k")
+    labels = clusterer.forward(x, None, make_ctx(aff, 1, calls))
     assert labels.max() == 0 and np.all(labels == 0)
     ks = [k for k in calls if k is not None]
     assert ks, "the graph was never rebuilt with more neighbours"
@@ -258,7 +259,21 @@ def test_disconnected_graph_beyond_max_k_s_raises():
     x = two_blobs()
     aff = KnnGaussian(k_s=3, normalize="none")
     with pytest.raises(JulekitError, match="disconnected"):
-        Agglomerative(eta=1.0, k_c=1, merge_first_period=True, max_k_s=12).forward(x, None, make_ctx(aff, 1))
+        Agglomerative(eta=1.0, k_c=1, merge_first_period=True, disconnected="double_k",
+                      max_k_s=12).forward(x, None, make_ctx(aff, 1))
+
+
+def test_disconnected_clusters_merge_by_nearest_centroid():
+    rng = np.random.default_rng(1)
+    blobs = [rng.normal(size=(30, 2)) + offset for offset in (0.0, 12.0, 100.0)]
+    x = torch.from_numpy(np.concatenate(blobs).astype(np.float32))
+    aff = KnnGaussian(k_s=3, normalize="none")
+    calls: list = []
+    labels = Agglomerative(eta=1.0, k_c=1, merge_first_period=True).forward(x, None, make_ctx(aff, 2, calls))
+    assert [k for k in calls if k is not None] == []  # no graph rebuilt
+    assert labels.max() + 1 == 2
+    assert len(set(labels[:60].tolist())) == 1 and len(set(labels[60:].tolist())) == 1
+    assert labels[0] != labels[-1]
 
 
 def test_first_period_without_merging_returns_initial_clusters():

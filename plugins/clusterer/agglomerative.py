@@ -50,7 +50,10 @@ class Agglomerative:
         "kc_min_clusters": "use the K_c term only while there are more clusters than this (the Torch code: 100)",
         "merge_first_period": "merge in the first period too (JULE: no, the first period only initialises)",
         "final": "final stage: rc (re-cluster from the initial clusters on the final features) or sf (keep the labels)",
-        "max_k_s": "largest K_s tried when the cluster graph becomes disconnected (K_s doubles, as in the Caffe code)",
+        "disconnected": "when no two clusters are linked any more: centroid (merge the smallest cluster into the "
+        "nearest centroid, as the Torch code absorbs isolated clusters) or double_k (rebuild the graph with 2 K_s, "
+        "as the Caffe code)",
+        "max_k_s": "largest K_s tried by disconnected: double_k",
     }
 
     def __init__(
@@ -62,6 +65,7 @@ class Agglomerative:
         kc_min_clusters: int = 0,
         merge_first_period: bool = False,
         final: Literal["rc", "sf"] = "rc",
+        disconnected: Literal["centroid", "double_k"] = "centroid",
         max_k_s: int = 640,
     ) -> None:
         if not 0 < eta <= 1:
@@ -70,7 +74,7 @@ class Agglomerative:
             raise ValueError(f"k_c must be >= 1, got {k_c}")
         self.eta, self.k_c, self.lam = eta, k_c, lam
         self.kc_min_clusters, self.merge_first_period = kc_min_clusters, merge_first_period
-        self.final, self.max_k_s = final, max_k_s
+        self.final, self.disconnected, self.max_k_s = final, disconnected, max_k_s
 
     # -- the Clusterer protocol -----------------------------------------------------------
     def forward(self, features: torch.Tensor, labels: np.ndarray | None, ctx: ForwardContext) -> np.ndarray:
@@ -105,16 +109,46 @@ class Agglomerative:
         done = 0
         while done < steps:
             done += self._merge_steps(state, steps - done, ctx, done, steps)
-            if done < steps:  # no positive affinity left: densify the graph (Caffe doubles K_s)
-                k = graph.k * 2
-                if k > min(self.max_k_s, graph.n_samples - 1):
-                    raise JulekitError(
-                        f"the cluster graph is disconnected at {len(list(state.clusters()))} clusters even with "
-                        f"K_s = {graph.k}; lower the target number of clusters or raise clusterer.max_k_s"
-                    )
-                graph = ctx.build_graph(features, k=k)
-                state = ctx.linkage.init(graph, contiguous(state.labels()))
+            if done == steps:
+                break
+            # no positive affinity is left between any two clusters
+            if self.disconnected == "centroid":
+                return self._merge_by_centroids(features, contiguous(state.labels()), steps - done)
+            k = graph.k * 2  # densify the graph, as the Caffe code does
+            if k > min(self.max_k_s, graph.n_samples - 1):
+                raise JulekitError(
+                    f"the cluster graph is disconnected at {len(list(state.clusters()))} clusters even with "
+                    f"K_s = {graph.k}; lower the target number of clusters or raise clusterer.max_k_s"
+                )
+            graph = ctx.build_graph(features, k=k)
+            state = ctx.linkage.init(graph, contiguous(state.labels()))
         return contiguous(state.labels())
+
+    @staticmethod
+    def _merge_by_centroids(features: torch.Tensor, labels: np.ndarray, steps: int) -> np.ndarray:
+        """Merge the smallest cluster into the one with the nearest centroid, ``steps`` times.
+
+        Used when no two clusters are linked by the graph any more (the Torch code absorbs
+        such isolated clusters by centroid distance too); cheap, as few clusters remain.
+        """
+        x = features.detach().double().cpu()
+        lab = torch.as_tensor(labels)
+        n_clusters = int(lab.max()) + 1
+        sizes = torch.bincount(lab, minlength=n_clusters).double()
+        centroids = torch.zeros(n_clusters, x.shape[1], dtype=x.dtype).index_add_(0, lab, x) / sizes[:, None]
+        parent = np.arange(n_clusters)
+        alive = torch.ones(n_clusters, dtype=torch.bool)
+        for _ in range(steps):
+            small = int(torch.where(alive, sizes, torch.inf).argmin())
+            alive[small] = False
+            dist = ((centroids - centroids[small]) ** 2).sum(1).masked_fill(~alive, torch.inf)
+            big = int(dist.argmin())
+            alive[small] = True
+            centroids[big] = (centroids[big] * sizes[big] + centroids[small] * sizes[small]) / (sizes[big] + sizes[small])
+            sizes[big] += sizes[small]
+            alive[small] = False
+            parent[parent == small] = big
+        return contiguous(parent[labels])
 
     def _score(self, state: LinkageState, c: int, n_clusters: int) -> float:
         k_c = self.k_c if n_clusters > self.kc_min_clusters else 1
