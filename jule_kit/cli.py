@@ -11,6 +11,7 @@ from typing import Callable, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import JulekitError
@@ -33,7 +34,8 @@ DATA_DIR_HELP = "Folder to look for datasets in first (then $JULEKIT_DATA, ./dat
 
 
 def fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # escape: the message quotes user input, which may look like rich markup ("[/x]")
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -104,7 +106,7 @@ def run(
     if resume is None:
         out = out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = RunDir.create(out, force=force)
-    reporter = Reporter(console=console, quiet=quiet)
+    reporter = Reporter(console=console, quiet=quiet, err_console=err_console)
     experiment = Experiment(resolved, run_dir, data_dir=str(data_dir) if data_dir else None,
                             reporter=reporter, recipe_name=name)
     previous = signal.getsignal(signal.SIGTERM)
@@ -113,14 +115,16 @@ def run(
         with reporter:
             result = experiment.run(resume=resume is not None)
     except KeyboardInterrupt:
-        err_console.print(f"interrupted; the last completed period is saved. Resume with: julekit run --resume {run_dir.path}")
+        err_console.print(f"interrupted; the last completed period is saved. Resume with: julekit run --resume {run_dir.path}",
+                          highlight=False, markup=False, soft_wrap=True)  # one line, whatever the terminal width
         raise typer.Exit(130)
     finally:
         signal.signal(signal.SIGTERM, previous)
     s = result.summary
-    metrics = "  ".join(f"{k.upper()} {s[k]:.4f}" for k in ("nmi", "acc", "ari") if k in s)
-    console.print(f"{name}: {s['n_clusters']} clusters on {s['n_samples']} samples  {metrics}  "
-                  f"{s['seconds']:.1f} s on {s['device']}  -> {run_dir.path}", highlight=False)
+    parts = [f"{name}: {s['n_clusters']} clusters on {s['n_samples']} samples"]
+    parts += [f"{k.upper()} {s[k]:.4f}" for k in ("nmi", "acc", "ari") if k in s]  # none for unlabelled data
+    parts.append(f"{s['seconds']:.1f} s on {s['device']}  -> {run_dir.path}")
+    console.print("  ".join(parts), highlight=False, markup=False, soft_wrap=True)  # one line, whatever the width
 
 
 @app.command()

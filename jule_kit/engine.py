@@ -27,10 +27,12 @@ from .data import Dataset, load_dataset
 from .errors import JulekitError, RecipeError, TrainingError
 from .hookspecs import ForwardContext, Graph
 from .metrics import contiguous, evaluate, nmi
+from .montage import make_montage, png_bytes
 from .progress import Reporter
 from .recipe import dump
 from .registry import get_registry
-from .rundir import ASSIGNMENTS, RECIPE, SUMMARY, RunDir, atomic_write_text
+from .rundir import MONTAGE, RECIPE, SUMMARY, RunDir, atomic_write_bytes, atomic_write_text
+from .tensorboard import TB_DIR, RunLogger
 
 FINAL_PERIOD_NAME = "final"
 
@@ -193,7 +195,8 @@ class Experiment:
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"period {period}, epoch {epoch + 1}: the loss became {loss.item()} (training diverged); "
-                        f"lower train.lr (now {t['lr']}) and resume or rerun"
+                        f"lower train.lr (now {t['lr']}) and rerun, or lower it in "
+                        f"{self.run_dir.file(RECIPE)} and resume with julekit run --resume {self.run_dir.path}"
                     )
                 optimizer.zero_grad(set_to_none=True)
                 if head_opt is not None:
@@ -213,6 +216,9 @@ class Experiment:
     def run(self, resume: bool = False) -> RunResult:
         started = time.time()
         data = self.load_data()
+        if data.skipped:
+            shown = ", ".join(data.skipped[:5]) + (f" and {len(data.skipped) - 5} more" if len(data.skipped) > 5 else "")
+            self.reporter.warn(f"skipped {len(data.skipped)} unreadable files: {shown}")
         target = self.target_clusters(data)
         torch.manual_seed(self.seed)
         images = torch.as_tensor(data.images).to(self.device)
@@ -237,58 +243,70 @@ class Experiment:
                 if model is not None:
                     model.load_state_dict(state["model"])
                     optimizer.load_state_dict(state["optimizer"])
-                rows = [r for r in self.run_dir.read_metrics() if r.get("period", -1) < period]
                 self.reporter.log(f"resuming after period {state['period']} ({int(labels.max()) + 1} clusters)")
+            # keep the rows of checkpointed periods only: later ones (and "final") are rewritten
+            rows = [r for r in self.run_dir.read_metrics() if isinstance(r.get("period"), int) and r["period"] < period]
         else:
             atomic_write_text(self.run_dir.file(RECIPE), dump(self.recipe))
         loop_start = time.time() - elapsed_before
 
-        self.reporter.bar("periods", self.train["max_periods"], "periods")
-        self.reporter.advance("periods", period)
-        while True:
-            done = labels is not None and self.plugins.clusterer.done(labels, target)
-            if done or period >= self.train["max_periods"]:
-                break
-            t0 = time.time()
-            if model is None or labels is None:
-                features = self.raw_features(images)
-            else:
-                features = self.extract(model, images)
-            previous = labels
-            labels = self.forward(features, labels, period, target)
-            row: dict[str, Any] = {"period": period, "clusters": int(labels.max()) + 1}
-            row.update(evaluate(data.labels, labels))
-            if previous is not None:
-                row["nmi_prev"] = nmi(previous, labels)
-            if model is not None and not self.plugins.clusterer.done(labels, target) and self.train["epochs"] > 0:
-                row["lr"] = self.lr_at(step)
-                step, row["loss"] = self.train_period(model, optimizer, images, labels, period, step)
-            row["seconds"] = time.time() - t0
-            rows.append(row)
-            self.reporter.period(row)
-            self.run_dir.write_metrics(rows)
-            checkpoint = {"period": period, "step": step, "labels": labels, "seconds": time.time() - loop_start}
-            if model is not None:
-                checkpoint["model"] = model.state_dict()
-                checkpoint["optimizer"] = optimizer.state_dict()
-            self.run_dir.save_checkpoint(checkpoint)
-            period += 1
+        with RunLogger(self.run_dir.file(TB_DIR), first_period=period) as tb:
+            self.reporter.bar("periods", self.train["max_periods"], "periods")
             self.reporter.advance("periods", period)
-        self.reporter.hide("periods")
+            while True:
+                done = labels is not None and self.plugins.clusterer.done(labels, target)
+                if done or period >= self.train["max_periods"]:
+                    break
+                t0 = time.time()
+                first = getattr(self.plugins.clusterer, "first_features", "raw")
+                if model is None or (labels is None and first != "backbone"):
+                    features = self.raw_features(images)
+                else:
+                    features = self.extract(model, images)
+                previous = labels
+                labels = self.forward(features, labels, period, target)
+                row: dict[str, Any] = {"period": period, "clusters": int(labels.max()) + 1}
+                row.update(evaluate(data.labels, labels))
+                row.update(getattr(self.plugins.clusterer, "last_stats", {}) or {})
+                if previous is not None:
+                    row["nmi_prev"] = nmi(previous, labels)
+                if model is not None and not self.plugins.clusterer.done(labels, target) and self.train["epochs"] > 0:
+                    row["lr"] = self.lr_at(step)
+                    step, row["loss"] = self.train_period(model, optimizer, images, labels, period, step)
+                row["seconds"] = time.time() - t0
+                rows.append(row)
+                self.reporter.period(row)
+                self.run_dir.write_metrics(rows)
+                tb.period(period, row, labels)
+                checkpoint = {"period": period, "step": step, "labels": labels, "seconds": time.time() - loop_start}
+                if model is not None:
+                    checkpoint["model"] = model.state_dict()
+                    checkpoint["optimizer"] = optimizer.state_dict()
+                self.run_dir.save_checkpoint(checkpoint)
+                period += 1
+                self.reporter.advance("periods", period)
+            self.reporter.hide("periods")
 
-        t0 = time.time()
-        features = self.raw_features(images) if model is None else self.extract(model, images)
-        self.check_finite(features, period)
-        final_features = self.plugins.affinity.prepare(features)
-        self.reporter.bar("merges", 1, "final stage")
-        labels = contiguous(self.plugins.clusterer.finalize(final_features, labels, self.context(period, target)))
-        self.reporter.hide("merges")
-        final_row: dict[str, Any] = {"period": FINAL_PERIOD_NAME, "clusters": int(labels.max()) + 1,
-                                     **evaluate(data.labels, labels), "seconds": time.time() - t0}
-        rows.append(final_row)
-        self.reporter.period(final_row)
-        self.run_dir.write_metrics(rows)
-        self.run_dir.write_assignments(labels, data.paths, data.labels)
+            t0 = time.time()
+            features = self.raw_features(images) if model is None else self.extract(model, images)
+            self.check_finite(features, period)
+            final_features = self.plugins.affinity.prepare(features)
+            self.reporter.bar("merges", 1, "final stage")
+            labels = contiguous(self.plugins.clusterer.finalize(final_features, labels, self.context(period, target)))
+            self.reporter.hide("merges")
+            if int(labels.max()) + 1 < target:  # e.g. features collapsed to a few points: say so, don't hide it
+                self.reporter.warn(f"the final stage found {int(labels.max()) + 1} clusters, fewer than the target "
+                                   f"{target}: the features may have collapsed (try a lower train.lr)")
+            final_row: dict[str, Any] = {"period": FINAL_PERIOD_NAME, "clusters": int(labels.max()) + 1,
+                                         **evaluate(data.labels, labels), "seconds": time.time() - t0}
+            final_row.update(getattr(self.plugins.clusterer, "last_stats", {}) or {})
+            rows.append(final_row)
+            self.reporter.period(final_row)
+            self.run_dir.write_metrics(rows)
+            self.run_dir.write_assignments(labels, data.paths, data.labels)
+            montage = make_montage(data.images, labels, data.labels)
+            atomic_write_bytes(self.run_dir.file(MONTAGE), png_bytes(montage))
+            tb.final(period, final_row, montage, final_features, labels, data.labels, data.images)
         summary = {
             **{k: final_row[k] for k in ("nmi", "acc", "ari") if k in final_row},
             "n_clusters": int(labels.max()) + 1,
@@ -302,6 +320,8 @@ class Experiment:
             "recipe": self.recipe,
             "versions": {"julekit": __version__, "torch": torch.__version__, "python": platform.python_version()},
         }
+        if data.skipped:
+            summary["skipped_files"] = data.skipped
         self.run_dir.write_json(SUMMARY, summary)
         self.reporter.table(rows, summary)
         return RunResult(labels=labels, summary=summary, metrics=rows)

@@ -153,7 +153,19 @@ class Linkage(Protocol):
 
 @runtime_checkable
 class Clusterer(Protocol):
-    """The forward step of a period (kind ``clusterer``): new labels from features."""
+    """The forward step of a period (kind ``clusterer``): new labels from features.
+
+    Two optional attributes (read with ``getattr``, so they are not Protocol members):
+
+    ``first_features: Literal["raw", "backbone"]``
+        what the first period clusters: ``"raw"`` pixels (the default when absent, JULE)
+        or ``"backbone"``, the untrained network's features (DeepCluster); ``"backbone"``
+        falls back to raw pixels when the recipe has no backbone.
+    ``last_stats: dict[str, float]``
+        figures about the latest ``forward`` / ``finalize`` call (e.g. ``empty_clusters``,
+        the empty k-means clusters before they were handled); the engine merges them into
+        that period's row of metrics.jsonl.
+    """
 
     def forward(self, features: torch.Tensor, labels: np.ndarray | None, ctx: ForwardContext) -> np.ndarray:
         """Return (N,) contiguous int64 labels for this period.

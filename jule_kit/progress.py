@@ -13,8 +13,9 @@ def fmt(value, digits: int = 3) -> str:
 class Reporter:
     """Progress for periods, merges and epochs; one printed line per period."""
 
-    def __init__(self, console: Console | None = None, quiet: bool = False) -> None:
+    def __init__(self, console: Console | None = None, quiet: bool = False, err_console: Console | None = None) -> None:
         self.console = console or Console()
+        self.err_console = err_console or Console(stderr=True)
         self.quiet = quiet
         self.progress: Progress | None = None
         self._tasks: dict[str, int] = {}
@@ -58,7 +59,11 @@ class Reporter:
 
     def log(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(message, highlight=False)
+            self.console.print(message, highlight=False, markup=False)  # paths may contain [brackets]
+
+    def warn(self, message: str) -> None:
+        """Shown even with --quiet (on stderr, so a script's one stdout line stays clean)."""
+        self.err_console.print(f"warning: {message}", highlight=False, markup=False, soft_wrap=True)
 
     def period(self, row: dict) -> None:
         parts = [f"period {row['period']}: {row['clusters']} clusters"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -81,6 +82,7 @@ TOP_LEVEL = {
     "train": "the backward pass schedule",
     **{k: f"the {k} plugin: a name or a mapping with name and settings" for k in KINDS},
 }
+FLOAT32_MAX = 3.4028234663852886e38
 OPTIONAL_KINDS = {"backbone", "loss"}  # null backbone = cluster raw pixels, no training
 
 
@@ -105,8 +107,19 @@ def _suggest(word: str, options) -> str:
 # --------------------------------------------------------------------------------------
 
 
+# PyYAML's constructors raise these (not YAMLError) for e.g. `2001-13-45` (a date), `!!int 0x`, deep nesting.
+YAML_VALUE_ERRORS = (ValueError, TypeError, OverflowError, RecursionError)
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # e.g. a name too long for the file system: as good as missing
+        return False
+
+
 def read_yaml(path: Path) -> dict:
-    if not path.exists():
+    if not _exists(path):
         raise RecipeError(f"{path}: recipe not found")
     if path.is_dir():
         raise RecipeError(f"{path}: is a directory; expected a recipe .yaml file")
@@ -119,6 +132,8 @@ def read_yaml(path: Path) -> dict:
         raise RecipeError(f"{path}: invalid YAML{where}: {problem}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(f"{path}: cannot read recipe ({type(exc).__name__}: {exc})") from None
+    except YAML_VALUE_ERRORS as exc:
+        raise RecipeError(f"{path}: invalid YAML value ({type(exc).__name__}: {exc})") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -170,7 +185,7 @@ def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     if not isinstance(base, str):
         raise RecipeError(f"{path}: extends: expected a path to a base recipe, got {base!r}")
     base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
-    if not base_path.exists():
+    if not _exists(base_path):
         raise RecipeError(f"{path}: extends: base recipe {base!r} not found (looked at {base_path})")
     return merge_recipes(load_raw(base_path, _seen + (resolved,)), data)
 
@@ -184,7 +199,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise RecipeError(f"--set {text!r}: expected key.path=value")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, *YAML_VALUE_ERRORS):  # not a YAML value: take the text as is
         value = raw
     return parts, value
 
@@ -305,6 +320,10 @@ def validate(raw: dict, source: str = "recipe", registry: Registry | None = None
         minimum = 0 if key == "epochs" else 1
         if out["train"][key] < minimum:
             raise RecipeError(f"{source}: train.{key}: expected at least {minimum}, got {out['train'][key]}")
+    for key, value in out["train"].items():
+        if isinstance(value, float) and not (math.isfinite(value) and abs(value) <= FLOAT32_MAX):
+            raise RecipeError(f"{source}: train.{key}: expected a finite number within float32 range "
+                              f"(training runs in float32), got {value!r}")
     for kind in KINDS:
         out[kind] = _validate_plugin(kind, raw.get(kind), registry, source)
     return out

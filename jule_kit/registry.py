@@ -12,6 +12,7 @@ import difflib
 import fnmatch
 import inspect
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -24,6 +25,7 @@ from .errors import PluginError, RecipeError
 from .hookspecs import KINDS, PROJECT
 
 LOAD_ENV = "JULEKIT_LOAD_PLUGINS"
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 _MISSING = object()
 
 
@@ -126,6 +128,8 @@ def _coerce(tp: Any, value: Any) -> tuple[bool, Any]:
     if tp is int:
         return isinstance(value, int) and not isinstance(value, bool), value
     if tp is float:
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+            return True, float(value)  # YAML 1.1 (PyYAML) reads 1e-3, without a dot, as text
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False, None
         return True, float(value)

@@ -50,7 +50,7 @@ def test_plugins_json_lists_every_kind(runner):
 
 
 def test_plugins_pattern_filter(runner):
-    result = runner.invoke(app, ["plugins", "--json", "k*"])
+    result = runner.invoke(app, ["plugins", "--json", "knn*"])
     assert [r["name"] for r in json.loads(result.output)] == ["knn_gaussian"]
 
 

@@ -14,13 +14,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from jule_kit import hookimpl
+from jule_kit.sobel import Sobel
 
 
 class JuleCNN(nn.Module):
     def __init__(self, input_shape, blocks: int, pool: list[bool], channels: int, kernel: int, padding: int,
-                 embedding_dim: int, init_std: float, bn_init: str) -> None:
+                 embedding_dim: int, init_std: float, bn_init: str, sobel: bool = False) -> None:
         super().__init__()
         c, h, w = input_shape
+        self.sobel = Sobel(c) if sobel else None  # fixed, not trained
+        if self.sobel is not None:
+            c = Sobel.out_channels
         layers: list[nn.Module] = []
         for i in range(blocks):
             layers += [nn.Conv2d(c if i == 0 else channels, channels, kernel, padding=padding),
@@ -41,6 +45,8 @@ class JuleCNN(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.sobel is not None:
+            x = self.sobel(x)
         return F.normalize(self.fc(self.features(x).flatten(1)), dim=1)
 
 
@@ -57,11 +63,12 @@ class JuleCNNBackbone:
         "embedding_dim": "output dimension (paper: 160)",
         "init_std": "std of the normal initialisation of conv and linear weights (paper: 0.01)",
         "bn_init": "batch-norm scale init: pytorch (ones) or torch7 (uniform 0..1, the Torch code)",
+        "sobel": "fixed Sobel input layer (DeepCluster): grey (RGB mean; skipped for 1 channel) then Gx, Gy -> 2 channels",
     }
 
     def __init__(self, *, blocks: int = 2, pool: list[bool] | None = None, channels: int = 50, kernel: int = 5,
                  padding: int = 0, embedding_dim: int = 160, init_std: float = 0.01,
-                 bn_init: Literal["pytorch", "torch7"] = "pytorch") -> None:
+                 bn_init: Literal["pytorch", "torch7"] = "pytorch", sobel: bool = False) -> None:
         if blocks < 1:
             raise ValueError(f"blocks must be >= 1, got {blocks}")
         if pool is not None and len(pool) != blocks:
@@ -69,11 +76,12 @@ class JuleCNNBackbone:
         self.blocks, self.pool = blocks, pool if pool is not None else [True] * blocks
         self.channels, self.kernel, self.padding = channels, kernel, padding
         self.embedding_dim, self.init_std, self.bn_init = embedding_dim, init_std, bn_init
+        self.sobel = sobel
 
     def build(self, input_shape: tuple[int, int, int]) -> nn.Module:
         try:
             return JuleCNN(input_shape, self.blocks, self.pool, self.channels, self.kernel, self.padding,
-                           self.embedding_dim, self.init_std, self.bn_init)
+                           self.embedding_dim, self.init_std, self.bn_init, self.sobel)
         except RuntimeError as exc:  # the image shrank to nothing
             raise ValueError(
                 f"{self.blocks} conv blocks do not fit {input_shape[1]}x{input_shape[2]} images; use fewer blocks"
