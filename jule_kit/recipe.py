@@ -141,11 +141,35 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
-def _as_plugin(value: Any) -> Any:
-    """Normalise ``gdl`` to ``{"name": "gdl"}``; leave other values for validation."""
+def _as_plugin(value: Any, kind: str | None = None, registry: Registry | None = None) -> Any:
+    """Normalise ``gdl`` to ``{"name": "gdl"}``; leave other values for validation.
+
+    A ``name:value`` shorthand (``backbone: timm:resnet18``) becomes ``{"name": name, S: value}``
+    where S is the plugin class's ``shorthand_setting`` (timm: ``model``), looked up in the registry.
+    """
     if isinstance(value, str):
+        if ":" in value and kind is not None:
+            return _expand_shorthand(kind, value, registry)
         return {"name": value}
     return value
+
+
+def _expand_shorthand(kind: str, text: str, registry: Registry | None = None) -> dict:
+    name, arg = (part.strip() for part in text.split(":", 1))
+    info = (registry or get_registry()).get(kind, name, where=kind)
+    setting = getattr(info.cls, "shorthand_setting", None)
+    if not setting or setting not in info.settings:
+        raise RecipeError(
+            f"{kind}: {text!r}: the {kind} plugin {name!r} has no name:value shorthand; "
+            f"write a mapping instead, e.g. {{name: {name}, <setting>: {arg}}}"
+        )
+    try:
+        value = yaml.safe_load(arg) if arg else arg
+    except (yaml.YAMLError, *YAML_VALUE_ERRORS):
+        value = arg
+    if isinstance(value, (dict, list)) or value is None:
+        value = arg  # keep the text as written, e.g. "timm:[x]"
+    return {"name": name, setting: value}
 
 
 def merge_recipes(base: dict, child: dict) -> dict:
@@ -153,7 +177,7 @@ def merge_recipes(base: dict, child: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in child.items():
         if key in KINDS:
-            value, old = _as_plugin(value), _as_plugin(out.get(key))
+            value, old = _as_plugin(value, key), _as_plugin(out.get(key), key)
             if isinstance(value, dict) and isinstance(old, dict) and value.get("name", old.get("name")) == old.get("name"):
                 out[key] = {**old, **value}
             else:
@@ -214,7 +238,7 @@ def apply_overrides(recipe: dict, overrides: list[str]) -> dict:
             continue
         node = out.get(top)
         if top in KINDS:
-            node = _as_plugin(node) if node is not None else {}
+            node = _as_plugin(node, top) if node is not None else {}
         elif top == "data":
             node = _as_data(node) if node is not None else {}
         elif node is None:
@@ -259,7 +283,7 @@ def _validate_plugin(kind: str, value: Any, registry: Registry, src: str) -> dic
         if kind in OPTIONAL_KINDS:
             return None
         raise RecipeError(f"{where}: the recipe must choose a {kind} plugin (registered: {', '.join(registry.names(kind))})")
-    value = _as_plugin(value)
+    value = _as_plugin(value, kind, registry)
     if not isinstance(value, dict):
         raise RecipeError(f"{where}: expected a plugin name or a mapping with 'name', got {value!r}")
     if "name" not in value:

@@ -179,7 +179,7 @@ def test_bad_setting_value_reports_key(runner, tmp_path):
 
 def test_unknown_plugin_name_suggests_closest(runner):
     result = runner.invoke(app, ["validate", str(RECIPES / "jule_usps.yaml"), "--set", "linkage=gld"])
-    one_line_error(result, "unknown linkage plugin 'gld'", "did you mean 'gdl'", "registered: gdl")
+    one_line_error(result, "unknown linkage plugin 'gld'", "did you mean 'gdl'", "registered: ", "gdl)")
 
 
 def test_nonexistent_recipe(runner, tmp_path):

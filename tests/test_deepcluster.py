@@ -213,7 +213,7 @@ def test_deepcluster_usps_run(runner, usps_subset, tmp_path):
     assert [r["period"] for r in rows] == [0, 1, "final"]
     assert all("empty_clusters" in r for r in rows)
     assert "nmi_prev" in rows[1] and 0 <= rows[1]["nmi_prev"] <= 1
-    assert rows[0]["clusters"] == 100 and "loss" in rows[0]
+    assert rows[0]["clusters"] == 50 and "loss" in rows[0]  # the recipe's k
     assert rows[-1]["clusters"] == 10
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_clusters"] == 10 and summary["periods"] == 2
