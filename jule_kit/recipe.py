@@ -350,6 +350,11 @@ def validate(raw: dict, source: str = "recipe", registry: Registry | None = None
                               f"(training runs in float32), got {value!r}")
     for kind in KINDS:
         out[kind] = _validate_plugin(kind, raw.get(kind), registry, source)
+    if out["backbone"] is not None and out["loss"] is None and out["train"]["epochs"] > 0:
+        raise RecipeError(
+            f"{source}: loss: a recipe with a backbone trains it and must choose a loss "
+            f"(registered: {', '.join(registry.names('loss'))}), or set train.epochs: 0"
+        )
     return out
 
 

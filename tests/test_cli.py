@@ -266,3 +266,11 @@ def test_jule_run_writes_summary_and_rerunnable_recipe(runner, usps_subset, tmp_
     result = runner.invoke(app, ["run", str(out / "recipe.yaml"), "--out", str(again), "--quiet"])
     assert result.exit_code == 0, result.output
     assert (again / "assignments.csv").read_text() == (out / "assignments.csv").read_text()
+
+
+def test_backbone_without_loss_is_a_recipe_error(runner):
+    result = runner.invoke(app, ["validate", str(RECIPES / "ac_gdl_usps.yaml"), "--set", "backbone=jule_cnn"])
+    one_line_error(result, "loss:", "must choose a loss", "weighted_triplet", "train.epochs: 0")
+    result = runner.invoke(app, ["validate", str(RECIPES / "ac_gdl_usps.yaml"), "--set", "backbone=jule_cnn",
+                                 "--set", "train.epochs=0"])
+    assert result.exit_code == 0, result.output
