@@ -212,6 +212,12 @@ class Experiment:
         self.reporter.hide("epochs")
         return step, total_loss / max(count, 1)
 
+    def metrics_row(self, period: int | str, labels: np.ndarray, truth: np.ndarray | None) -> dict[str, Any]:
+        """Clusters, metrics against the labels, and the clusterer's own statistics."""
+        row: dict[str, Any] = {"period": period, "clusters": int(labels.max()) + 1, **evaluate(truth, labels)}
+        row.update(getattr(self.plugins.clusterer, "last_stats", {}) or {})
+        return row
+
     # -- the run -------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> RunResult:
         started = time.time()
@@ -265,9 +271,7 @@ class Experiment:
                     features = self.extract(model, images)
                 previous = labels
                 labels = self.forward(features, labels, period, target)
-                row: dict[str, Any] = {"period": period, "clusters": int(labels.max()) + 1}
-                row.update(evaluate(data.labels, labels))
-                row.update(getattr(self.plugins.clusterer, "last_stats", {}) or {})
+                row = self.metrics_row(period, labels, data.labels)
                 if previous is not None:
                     row["nmi_prev"] = nmi(previous, labels)
                 if model is not None and not self.plugins.clusterer.done(labels, target) and self.train["epochs"] > 0:
@@ -297,9 +301,8 @@ class Experiment:
             if int(labels.max()) + 1 < target:  # e.g. features collapsed to a few points: say so, don't hide it
                 self.reporter.warn(f"the final stage found {int(labels.max()) + 1} clusters, fewer than the target "
                                    f"{target}: the features may have collapsed (try a lower train.lr)")
-            final_row: dict[str, Any] = {"period": FINAL_PERIOD_NAME, "clusters": int(labels.max()) + 1,
-                                         **evaluate(data.labels, labels), "seconds": time.time() - t0}
-            final_row.update(getattr(self.plugins.clusterer, "last_stats", {}) or {})
+            final_row = self.metrics_row(FINAL_PERIOD_NAME, labels, data.labels)
+            final_row["seconds"] = time.time() - t0
             rows.append(final_row)
             self.reporter.period(final_row)
             self.run_dir.write_metrics(rows)
