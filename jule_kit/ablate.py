@@ -14,7 +14,6 @@ import csv
 import io
 import itertools
 import json
-import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import yaml
 
 from .errors import DataError, JulekitError
 from .hookspecs import KINDS
+from .metrics import mean_std
 from .paths import find_recipe, shipped_recipes
 from .rundir import RECIPE, SUMMARY, RunDir, atomic_write_bytes, atomic_write_text
 
@@ -214,17 +214,6 @@ def row_of(job: Job, summary: dict) -> dict:
 # --------------------------------------------------------------------------------------
 # Aggregating and writing
 # --------------------------------------------------------------------------------------
-
-
-def mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (ddof = 1; 0 for a single value)."""
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return None, None
-    m = sum(values) / len(values)
-    if len(values) < 2:
-        return m, 0.0
-    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
 def aggregate(rows: list[dict], recipes: list[str], variants: list[str]) -> list[dict]:

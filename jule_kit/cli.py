@@ -68,6 +68,8 @@ def run(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its last checkpoint"),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out directory"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final line (for scripts)"),
+    seeds: int = typer.Option(1, "--seeds", help="Run seeds (the recipe's seed + 0 .. N-1) into OUT/seed<k>/ and "
+                              "report mean ± std and the stability across seeds (pairwise NMI)"),
 ) -> None:
     """Run a recipe: cluster (and train) and write a run directory.
 
@@ -77,54 +79,108 @@ def run(
 
       julekit run recipes/ac_gdl_usps.yaml --set affinity.k_s=10 --out runs/usps-k10
 
+      julekit run recipes/jule_usps.yaml --seeds 3 --out runs/jule_usps-3seeds
+
       julekit run --resume runs/jule_usps-20261123-120000
     """
+    from . import distributed
+    from . import seeds as multi
+    from .data import resolve as resolve_data
     from .engine import Experiment
     from .progress import Reporter
     from .recipe import load_recipe
     from .rundir import RECIPE, RunDir
 
+    if not distributed.is_main():
+        console.quiet = True  # torchrun: rank 0 alone prints (errors still go to stderr)
     overrides = list(set_)
     if device is not None:
         overrides.append(f"device={device}")
     if seed is not None:
         overrides.append(f"seed={seed}")
+    if seeds < 1:
+        raise JulekitError(f"--seeds: expected at least 1, got {seeds}")
     if resume is not None:
-        if recipe is not None or overrides:
-            raise JulekitError("--resume continues a run as recorded; do not give a recipe, --set, --device or --seed")
+        if recipe is not None or overrides or seeds != 1:
+            raise JulekitError("--resume continues a run as recorded; do not give a recipe, --set, --device, --seed "
+                               "or --seeds")
         if not (resume / RECIPE).exists():
             raise JulekitError(f"{resume}: not a julekit run directory (no {RECIPE})")
-        path = resume / RECIPE
         run_dir = RunDir(resume)
         name = resume.name
+        if multi.is_multi_seed(resume):
+            resolved, seeds, name = multi.load(resume)
+        else:
+            resolved = load_recipe(resume / RECIPE, [])
     else:
         if recipe is None:
             raise JulekitError("give a recipe file (see `julekit recipes`) or --resume RUN_DIR")
         path = _recipe_path(recipe)
         name = path.stem
-    resolved = load_recipe(path, overrides)
-    if resume is None:
+        resolved = load_recipe(path, overrides)
+        resolve_data(resolved["data"]["name"], data_dir)  # a missing dataset fails before any folder is made
         out = out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = RunDir.create(out, force=force)
-    reporter = Reporter(console=console, quiet=quiet, err_console=err_console)
-    experiment = Experiment(resolved, run_dir, data_dir=str(data_dir) if data_dir else None,
-                            reporter=reporter, recipe_name=name)
+        run_dir = distributed.create_run_dir(out, force=force)  # torchrun: rank 0 creates it, the others read
+
+    def run_one(one: dict, one_dir: RunDir, resuming: bool) -> dict:
+        reporter = Reporter(console=console, quiet=quiet, err_console=err_console)
+        experiment = Experiment(one, one_dir, data_dir=str(data_dir) if data_dir else None,
+                                reporter=reporter, recipe_name=name)
+        with reporter:
+            return experiment.run(resume=resuming).summary
+
     previous = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        with reporter:
-            result = experiment.run(resume=resume is not None)
+        if seeds == 1 and not multi.is_multi_seed(run_dir.path):
+            _print_run_line(name, run_one(resolved, run_dir, resume is not None), run_dir.path)
+            return
+        if resume is None:
+            multi.start(run_dir, resolved, seeds, name)
+        summary = multi.run_seeds(run_one, run_dir, resolved, seeds, name,
+                                  on_seed=None if quiet else functools.partial(_print_seed_line, run_dir.path))
     except KeyboardInterrupt:
         err_console.print(f"interrupted; the last completed period is saved. Resume with: julekit run --resume {run_dir.path}",
                           highlight=False, markup=False, soft_wrap=True)  # one line, whatever the terminal width
         raise typer.Exit(130)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    s = result.summary
-    parts = [f"{name}: {s['n_clusters']} clusters on {s['n_samples']} samples"]
-    parts += [f"{k.upper()} {s[k]:.4f}" for k in ("nmi", "acc", "ari") if k in s]  # none for unlabelled data
-    parts.append(f"{s['seconds']:.1f} s on {s['device']}  -> {run_dir.path}")
+    if not quiet:
+        console.print(_seeds_table(summary))
+    console.print(f"{multi.headline(summary)}  -> {run_dir.path}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _scores(summary: dict) -> list[str]:
+    return [f"{k.upper()} {summary[k]:.4f}" for k in ("nmi", "acc", "ari") if summary.get(k) is not None]
+
+
+def _print_run_line(name: str, s: dict, path: Path) -> None:
+    parts = [f"{name}: {s['n_clusters']} clusters on {s['n_samples']} samples", *_scores(s)]  # no scores unlabelled
+    parts.append(f"{s['seconds']:.1f} s on {s['device']}  -> {path}")
     console.print("  ".join(parts), highlight=False, markup=False, soft_wrap=True)  # one line, whatever the width
+
+
+def _print_seed_line(out: Path, run) -> None:
+    s = run.summary
+    status = "reused" if run.reused else f"{s['seconds']:.1f} s"
+    console.print(f"seed {run.seed}: {s['n_clusters']} clusters  " + "  ".join(_scores(s))
+                  + f"  {status}  -> {out / f'seed{run.k}'}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _seeds_table(summary: dict) -> Table:
+    table = Table(title=f"{summary['recipe_name']} over {len(summary['seeds'])} seeds ({summary['device']})")
+    metrics = [k for k in ("nmi", "acc", "ari") if summary.get(f"{k}_mean") is not None]
+    for col in ("seed", "clusters", *metrics, "seconds"):
+        table.add_column(col, justify="right")
+    for row in summary["runs"]:
+        table.add_row(str(row["seed"]), str(row["n_clusters"]), *[f"{row[k]:.4f}" for k in metrics],
+                      f"{row['seconds']:.1f}")
+    table.add_row("mean ± std", "", *[f"{summary[f'{k}_mean']:.4f} ± {summary[f'{k}_std']:.4f}" for k in metrics],
+                  f"{summary['seconds_mean']:.1f}", style="bold")
+    if summary.get("stability_nmi_mean") is not None:
+        table.caption = (f"stability across seeds (pairwise NMI of the assignments): mean "
+                         f"{summary['stability_nmi_mean']:.4f}, min {summary['stability_nmi_min']:.4f}")
+    return table
 
 
 @app.command()

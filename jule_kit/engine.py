@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import math
 import platform
+from contextlib import contextmanager
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
 from . import __version__
+from . import distributed
 from .data import Dataset, load_dataset
 from .errors import JulekitError, RecipeError, TrainingError
 from .hookspecs import ForwardContext, Graph
@@ -77,6 +79,7 @@ class RunResult:
     labels: np.ndarray
     summary: dict
     metrics: list[dict] = field(default_factory=list)
+    model: nn.Module | None = None  # the trained backbone (None without one)
 
 
 class Experiment:
@@ -84,20 +87,23 @@ class Experiment:
 
     def __init__(self, recipe: dict, run_dir: RunDir, *, data_dir: str | None = None,
                  reporter: Reporter | None = None, recipe_name: str = "run") -> None:
+        # under torchrun (see distributed.py) only rank 0 writes and prints; elsewhere this changes nothing
+        distributed.init()
+        self.main = distributed.is_main()
         self.recipe = recipe
-        self.run_dir = run_dir
+        self.run_dir = distributed.rank_view(run_dir)
         self.data_dir = data_dir
-        self.reporter = reporter or Reporter(quiet=True)
+        self.reporter = (reporter or Reporter(quiet=True)) if self.main else distributed.SilentReporter()
         self.recipe_name = recipe_name
         self.train = recipe["train"]
         self.seed = recipe["seed"]
         self.plugins = Plugins.from_recipe(recipe)
-        self.device = resolve_device(recipe["device"])
+        self.device = distributed.local_device(resolve_device(recipe["device"]))
 
     # -- set-up -----------------------------------------------------------------------------
     def load_data(self) -> Dataset:
         d = self.recipe["data"]
-        return load_dataset(d["name"], data_dir=self.data_dir, subset=d["subset"], seed=self.seed,
+        return load_dataset(d["name"], data_dir=self.data_dir, subset=d["subset"], seed=d["subset_seed"],
                             resize=d["resize"], channels=d["channels"])
 
     def target_clusters(self, data: Dataset) -> int:
@@ -124,10 +130,33 @@ class Experiment:
 
     @torch.no_grad()
     def extract(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """Features of all images, in order. Under torchrun each batch is split over the ranks and
+        gathered back (batch norm in train mode then sees the whole batch, as in one process)."""
         model.train(self.train["feature_mode"] == "train")
         bs = self.train["feature_batch_size"]
-        out = [model(images[i:i + bs].float() / 255.0) for i in range(0, len(images), bs)]
+        out = []
+        for i in range(0, len(images), bs):
+            batch = images[i:i + bs]
+            out.append(distributed.gather_rows(model(distributed.local_part(batch).float() / 255.0), len(batch)))
         return torch.cat(out)
+
+    @contextmanager
+    def out_of_memory_hint(self, period: int, key: str, doing: str) -> Iterator[None]:
+        """Turn CUDA's out-of-memory error into one line naming the batch size to lower."""
+        try:
+            yield
+        except torch.cuda.OutOfMemoryError:
+            size = self.train[key]
+            smaller = f"train.{key}={max(1, size // 2)}"
+            raise TrainingError(
+                f"period {period}: CUDA out of memory {doing} at train.{key}={size}; lower it: {smaller} in "
+                f"{self.run_dir.file(RECIPE)} and julekit run --resume {self.run_dir.path}, or --set {smaller} "
+                "for a new run"
+            ) from None
+
+    def features(self, model: nn.Module, images: torch.Tensor, period: int) -> torch.Tensor:
+        with self.out_of_memory_hint(period, "feature_batch_size", "computing features"):
+            return self.extract(model, images)
 
     def check_finite(self, features: torch.Tensor, period: int) -> None:
         if not torch.isfinite(features).all():
@@ -168,8 +197,11 @@ class Experiment:
 
     def train_period(self, model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                      labels: np.ndarray, period: int, step: int) -> tuple[int, float]:
+        """One period of training. ``model`` may be DDP-wrapped (torchrun): each rank then runs its slice
+        of every global batch and the loss sees the gathered global batch (see distributed.py)."""
         t = self.train
-        criterion = self.plugins.loss.criterion(model.embedding_dim, labels, period_seed(self.seed, period, 2))
+        embedding_dim = distributed.unwrap(model).embedding_dim
+        criterion = self.plugins.loss.criterion(embedding_dim, labels, period_seed(self.seed, period, 2))
         criterion = criterion.to(self.device)
         head_params = [p for p in criterion.parameters() if p.requires_grad]
         head_opt = torch.optim.SGD(head_params, lr=t["lr"], weight_decay=t["weight_decay"]) if head_params else None
@@ -185,13 +217,9 @@ class Experiment:
                 lr = self.lr_at(step)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                try:
-                    loss = criterion(model(images[idx].float() / 255.0), labels_t[idx])
-                except torch.cuda.OutOfMemoryError:
-                    raise TrainingError(
-                        f"period {period}: CUDA out of memory at train.batch_size={t['batch_size']}; "
-                        f"lower it (e.g. --set train.batch_size={max(1, t['batch_size'] // 2)})"
-                    ) from None
+                with self.out_of_memory_hint(period, "batch_size", "while training"):
+                    embeddings = model(images[distributed.local_part(idx)].float() / 255.0)
+                    loss = criterion(distributed.gather_rows_autograd(embeddings, len(idx)), labels_t[idx])
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"period {period}, epoch {epoch + 1}: the loss became {loss.item()} (training diverged); "
@@ -201,7 +229,9 @@ class Experiment:
                 optimizer.zero_grad(set_to_none=True)
                 if head_opt is not None:
                     head_opt.zero_grad(set_to_none=True)
-                loss.backward()
+                with self.out_of_memory_hint(period, "batch_size", "while training"):
+                    loss.backward()
+                distributed.average_grads(head_params)  # the head is outside DDP
                 optimizer.step()
                 if head_opt is not None:
                     head_opt.step()
@@ -234,6 +264,7 @@ class Experiment:
                 model = self.plugins.backbone.build(data.shape).to(self.device)
             except ValueError as exc:
                 raise RecipeError(f"backbone: {exc}") from None
+            model = distributed.sync_batch_norm(model, self.device)  # global-batch statistics under torchrun
             t = self.train
             optimizer = torch.optim.SGD(model.parameters(), lr=t["lr"], momentum=t["momentum"],
                                         dampening=t["dampening"], weight_decay=t["weight_decay"])
@@ -252,11 +283,13 @@ class Experiment:
                 self.reporter.log(f"resuming after period {state['period']} ({int(labels.max()) + 1} clusters)")
             # keep the rows of checkpointed periods only: later ones (and "final") are rewritten
             rows = [r for r in self.run_dir.read_metrics() if isinstance(r.get("period"), int) and r["period"] < period]
-        else:
+        elif self.main:
             atomic_write_text(self.run_dir.file(RECIPE), dump(self.recipe))
+        net = None if model is None else distributed.data_parallel(model, self.device)  # = model in one process
         loop_start = time.time() - elapsed_before
 
-        with RunLogger(self.run_dir.file(TB_DIR), first_period=period) as tb:
+        tb = RunLogger(self.run_dir.file(TB_DIR), first_period=period) if self.main else distributed.NullRunLogger()
+        with tb:
             self.reporter.bar("periods", self.train["max_periods"], "periods")
             self.reporter.advance("periods", period)
             while True:
@@ -268,15 +301,15 @@ class Experiment:
                 if model is None or (labels is None and first != "backbone"):
                     features = self.raw_features(images)
                 else:
-                    features = self.extract(model, images)
+                    features = self.features(model, images, period)
                 previous = labels
-                labels = self.forward(features, labels, period, target)
+                labels = distributed.on_main(lambda: self.forward(features, previous, period, target))
                 row = self.metrics_row(period, labels, data.labels)
                 if previous is not None:
                     row["nmi_prev"] = nmi(previous, labels)
                 if model is not None and not self.plugins.clusterer.done(labels, target) and self.train["epochs"] > 0:
                     row["lr"] = self.lr_at(step)
-                    step, row["loss"] = self.train_period(model, optimizer, images, labels, period, step)
+                    step, row["loss"] = self.train_period(net, optimizer, images, labels, period, step)
                 row["seconds"] = time.time() - t0
                 rows.append(row)
                 self.reporter.period(row)
@@ -292,11 +325,12 @@ class Experiment:
             self.reporter.hide("periods")
 
             t0 = time.time()
-            features = self.raw_features(images) if model is None else self.extract(model, images)
+            features = self.raw_features(images) if model is None else self.features(model, images, period)
             self.check_finite(features, period)
             final_features = self.plugins.affinity.prepare(features)
             self.reporter.bar("merges", 1, "final stage")
-            labels = contiguous(self.plugins.clusterer.finalize(final_features, labels, self.context(period, target)))
+            labels = distributed.on_main(lambda: contiguous(
+                self.plugins.clusterer.finalize(final_features, labels, self.context(period, target))))
             self.reporter.hide("merges")
             if int(labels.max()) + 1 < target:  # e.g. features collapsed to a few points: say so, don't hide it
                 self.reporter.warn(f"the final stage found {int(labels.max()) + 1} clusters, fewer than the target "
@@ -307,9 +341,10 @@ class Experiment:
             self.reporter.period(final_row)
             self.run_dir.write_metrics(rows)
             self.run_dir.write_assignments(labels, data.paths, data.labels)
-            montage = make_montage(data.images, labels, data.labels)
-            atomic_write_bytes(self.run_dir.file(MONTAGE), png_bytes(montage))
-            tb.final(period, final_row, montage, final_features, labels, data.labels, data.images)
+            if self.main:
+                montage = make_montage(data.images, labels, data.labels)
+                atomic_write_bytes(self.run_dir.file(MONTAGE), png_bytes(montage))
+                tb.final(period, final_row, montage, final_features, labels, data.labels, data.images)
         summary = {
             **{k: final_row[k] for k in ("nmi", "acc", "ari") if k in final_row},
             "n_clusters": int(labels.max()) + 1,
@@ -327,4 +362,5 @@ class Experiment:
             summary["skipped_files"] = data.skipped
         self.run_dir.write_json(SUMMARY, summary)
         self.reporter.table(rows, summary)
-        return RunResult(labels=labels, summary=summary, metrics=rows)
+        distributed.barrier()  # every rank returns once rank 0's run directory is complete
+        return RunResult(labels=labels, summary=summary, metrics=rows, model=model)

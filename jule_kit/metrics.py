@@ -1,6 +1,9 @@
 """Clustering metrics as the JULE paper computes them."""
 from __future__ import annotations
 
+import math
+from itertools import combinations
+
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
@@ -33,3 +36,19 @@ def evaluate(labels_true: np.ndarray | None, labels_pred: np.ndarray) -> dict[st
 def contiguous(labels: np.ndarray) -> np.ndarray:
     """Relabel to 0..C-1 in order of first appearance of the sorted ids."""
     return np.unique(labels, return_inverse=True)[1].astype(np.int64).reshape(-1)
+
+
+def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (ddof = 1; 0 for a single value); None and NaN are left out."""
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return None, None
+    m = sum(values) / len(values)
+    if len(values) < 2:
+        return m, 0.0
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def pairwise_nmi(assignments: list[np.ndarray]) -> list[float]:
+    """NMI between every pair of clusterings of the same samples: how much runs agree with each other."""
+    return [nmi(a, b) for a, b in combinations(assignments, 2)]

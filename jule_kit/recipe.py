@@ -61,6 +61,7 @@ class DataSettings:
 
     name: str = "digits"
     subset: int | None = None  # a deterministic random subset of this many samples
+    subset_seed: int = 0  # picks the subset; apart from `seed` so that every seed clusters the same samples
     resize: list[int] | None = None  # [H, W]
     channels: int | None = None  # 1 or 3
 
@@ -68,6 +69,7 @@ class DataSettings:
 DATA_HELP = {
     "name": "dataset name on the data path (usps, coil20, ...), digits (embedded), or a .npz/.h5 file or image folder",
     "subset": "use a deterministic random subset of this many samples",
+    "subset_seed": "which random subset (independent of the run's seed, so seeds cluster the same samples)",
     "resize": "[H, W] to resize images to",
     "channels": "1 (grayscale) or 3 (RGB) to convert images to",
 }

@@ -97,6 +97,15 @@ class RunDir:
             writer.writerow([key, int(labels[i])] + ([int(truth[i])] if truth is not None else []))
         atomic_write_text(self.file(ASSIGNMENTS), buf.getvalue())
 
+    def read_assignments(self) -> np.ndarray:
+        """The final cluster of every sample, in sample order (from assignments.csv)."""
+        path = self.file(ASSIGNMENTS)
+        try:
+            rows = list(csv.DictReader(io.StringIO(path.read_text())))
+            return np.array([int(r["cluster"]) for r in rows], dtype=np.int64)
+        except (OSError, KeyError, ValueError) as exc:
+            raise JulekitError(f"{path}: cannot read the assignments ({exc})") from None
+
     def save_checkpoint(self, state: dict) -> None:
         buf = io.BytesIO()
         torch.save(state, buf)

@@ -291,3 +291,31 @@ def test_invalid_settings():
         Agglomerative(eta=1.5)
     with pytest.raises(ValueError):
         Agglomerative(k_c=0)
+
+
+# ----------------------------------------------------------------------------------------
+# the final stage on collapsed features
+# ----------------------------------------------------------------------------------------
+
+
+def collapsed_features(n: int = 300, points: int = 3) -> torch.Tensor:
+    """A CNN that collapsed: every sample maps onto one of a few embeddings."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(points, 160))[rng.integers(0, points, n)]
+    return KnnGaussian(k_s=20).prepare(torch.from_numpy(x.astype(np.float32)))
+
+
+def test_rc_on_collapsed_features_still_reaches_the_target():
+    f = collapsed_features()
+    aff = KnnGaussian(k_s=20)
+    ctx = make_ctx(aff, 10)
+    assert PathIntegralInit().initial_labels(aff.build(f), f, 10, 0).max() + 1 == 3  # RC alone would stop at 3
+    previous = np.arange(300) % 12  # the joint loop's labels, above the target
+    clus = Agglomerative(final="rc")
+    labels = clus.finalize(f, previous, ctx)
+    assert labels.max() + 1 == 10
+    assert clus.last_stats["final_initial_clusters"] == 3
+    # merges continued from the loop's labels: every final cluster is a union of them
+    assert all(len(np.unique(labels[previous == c])) == 1 for c in range(12))
+    # with no labels to continue from, it merges up from single samples
+    assert Agglomerative(final="rc").finalize(f, None, ctx).max() + 1 == 10

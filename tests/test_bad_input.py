@@ -58,6 +58,38 @@ def test_non_finite_features_after_a_period_keep_the_checkpoint(runner, usps_sub
     assert state["period"] == 0 and torch.isfinite(state["model"]["fc.weight"]).all()
 
 
+def out_of_memory_after(monkeypatch, training: bool, calls: int) -> None:
+    """Make the CNN raise CUDA's out-of-memory error after ``calls`` forward passes of one kind."""
+    from plugins.backbone.jule_cnn import JuleCNN
+
+    real, seen = JuleCNN.forward, [0]
+
+    def forward(self, x):
+        if torch.is_grad_enabled() == training:
+            seen[0] += 1
+            if seen[0] > calls:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, x)
+
+    monkeypatch.setattr(JuleCNN, "forward", forward)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["training", "features"])
+def test_cuda_out_of_memory_names_the_batch_size_and_keeps_the_checkpoint(runner, usps_subset, tmp_path,
+                                                                           monkeypatch, training):
+    # period 0 trains 3 batches of 100 (300 images, 1 epoch); period 1 starts by computing features
+    out_of_memory_after(monkeypatch, training, calls=3 if training else 0)
+    out = tmp_path / "run"
+    key, size = ("train.batch_size", 100) if training else ("train.feature_batch_size", 1000)
+    text = one_line_error(jule_run(runner, usps_subset, out, "clusterer.eta=0.5"),
+                          "period 1", "CUDA out of memory", f"{key}={size}", f"{key}={size // 2}",
+                          f"julekit run --resume {out}")
+    assert str(out / "recipe.yaml") in text
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert state["period"] == 0  # the last completed period is kept for --resume
+    assert not (out / "summary.json").exists()
+
+
 @pytest.mark.parametrize("value", ["1e300", ".nan", "-.inf"])
 def test_learning_rate_must_fit_float32(runner, value):
     result = runner.invoke(app, ["validate", str(RECIPES / "jule_usps.yaml"), "--set", f"train.lr={value}"])

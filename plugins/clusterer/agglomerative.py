@@ -94,8 +94,16 @@ class Agglomerative:
         if self.final == "sf" and labels is not None and self.done(labels, ctx.n_target):
             return labels  # nothing left to merge: skip building the graph
         graph = ctx.build_graph(features)
+        self.last_stats = {}
         if self.final == "rc":
-            labels = contiguous(ctx.initializer.initial_labels(graph, features, ctx.n_target, ctx.seed))
+            fresh = contiguous(ctx.initializer.initial_labels(graph, features, ctx.n_target, ctx.seed))
+            self.last_stats["final_initial_clusters"] = float(fresh.max() + 1)
+            if fresh.max() + 1 >= ctx.n_target:
+                labels = fresh
+            elif labels is None or labels.max() + 1 < ctx.n_target:
+                labels = np.arange(len(fresh), dtype=np.int64)  # nothing to continue from: merge up from samples
+            # else the final features have collapsed below the target (e.g. a too-high learning rate):
+            # re-clustering cannot reach it, so continue from the joint loop's labels, as SF does
         while int(labels.max()) + 1 > ctx.n_target:
             n_clusters = int(labels.max()) + 1
             steps = min(math.ceil(self.eta * n_clusters), n_clusters - ctx.n_target)
