@@ -158,6 +158,28 @@ class Experiment:
         with self.out_of_memory_hint(period, "feature_batch_size", "computing features"):
             return self.extract(model, images)
 
+    @torch.no_grad()
+    def refresh_batch_norm(self, model: nn.Module, images: torch.Tensor) -> None:
+        """Re-estimate the batch-norm running statistics of the final network on every image.
+
+        The training-time running averages mix batches of a network that kept changing; the final
+        stage extracts eval-mode features, so it uses the statistics of the final weights instead
+        (the Torch code gets them from its last train-mode feature pass). An equal-weight average
+        over the feature batches; the weights do not change."""
+        norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            return
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+        model.train()
+        bs = self.train["feature_batch_size"]
+        for i in range(0, len(images), bs):
+            model(distributed.local_part(images[i:i + bs]).float() / 255.0)
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+
     def check_finite(self, features: torch.Tensor, period: int) -> None:
         if not torch.isfinite(features).all():
             raise TrainingError(
@@ -325,6 +347,9 @@ class Experiment:
             self.reporter.hide("periods")
 
             t0 = time.time()
+            if model is not None and self.train["final_bn"] == "refresh":
+                with self.out_of_memory_hint(period, "feature_batch_size", "computing features"):
+                    self.refresh_batch_norm(model, images)
             features = self.raw_features(images) if model is None else self.features(model, images, period)
             self.check_finite(features, period)
             final_features = self.plugins.affinity.prepare(features)

@@ -37,6 +37,7 @@ class TrainSettings:
     max_periods: int = 100
     feature_mode: Literal["eval", "train"] = "eval"  # BN mode when extracting clustering features
     feature_batch_size: int = 1000
+    final_bn: Literal["refresh", "keep"] = "refresh"  # batch-norm statistics for the final stage's features
 
 
 TRAIN_HELP = {
@@ -52,6 +53,8 @@ TRAIN_HELP = {
     "max_periods": "stop the joint loop after this many periods even above the target",
     "feature_mode": "batch-norm mode when extracting clustering features: eval or train (the Torch code)",
     "feature_batch_size": "batch size for feature extraction",
+    "final_bn": "refresh: re-estimate batch-norm statistics of the final network on all images before the final "
+    "stage (what the Torch code's last train-mode feature pass does); keep: the training-time running averages",
 }
 
 

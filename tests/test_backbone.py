@@ -1,6 +1,8 @@
 """The paper's CNN backbone for each dataset's input shape."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -106,3 +108,35 @@ def test_invalid_settings():
         JuleCNNBackbone(blocks=0)
     with pytest.raises(ValueError):
         JuleCNNBackbone(blocks=2, pool=[True])
+
+
+def test_final_stage_refreshes_batch_norm_statistics_on_every_image(usps_subset, tmp_path):
+    """The final network's own batch-norm statistics: the mean / variance of each BN input over all images."""
+    import numpy as np
+
+    from jule_kit.engine import Experiment
+    from jule_kit.recipe import load_recipe
+    from jule_kit.rundir import RunDir
+
+    recipe = load_recipe(Path(__file__).resolve().parent.parent / "recipes" / "jule_usps.yaml",
+                         [f"data={usps_subset}", "train.feature_batch_size=100", "device=cpu"])
+    experiment = Experiment(recipe, RunDir(tmp_path))
+    images = torch.as_tensor(np.load(usps_subset)["images"][:300])
+    torch.manual_seed(0)
+    model = experiment.plugins.backbone.build(tuple(images.shape[1:]))
+    bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    bn.running_mean.fill_(5.0)  # stale training-time averages
+    seen = []
+    hook = bn.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].detach().clone()))
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "batches" not in k}
+    experiment.refresh_batch_norm(model, images)
+    hook.remove()
+    x = torch.cat(seen)  # the BN input for all 300 images, in 3 feature batches of 100
+    assert len(seen) == 3 and len(x) == 300
+    torch.testing.assert_close(bn.running_mean, x.mean((0, 2, 3)), rtol=1e-4, atol=1e-6)
+    per_batch_var = torch.stack([b.var((0, 2, 3)) for b in seen]).mean(0)  # equal-weight average of the batches
+    torch.testing.assert_close(bn.running_var, per_batch_var, rtol=1e-4, atol=1e-6)
+    assert bn.momentum == 0.1  # restored
+    for k, v in model.state_dict().items():
+        if k in weights:
+            assert torch.equal(v, weights[k]), k  # only the statistics change
