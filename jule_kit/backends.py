@@ -17,6 +17,7 @@ except ImportError:  # pragma: no cover - depends on the machine
     faiss = None
 
 BACKEND_ENV = "JULEKIT_KNN_BACKEND"
+BLOCK_ELEMENTS = 2**28
 
 
 def available_backends() -> list[str]:
@@ -72,7 +73,8 @@ def knn(x: torch.Tensor, k: int, backend: str = "auto", block: int = 4096) -> tu
             d, i = d.cpu().numpy(), i.cpu().numpy()
         d = np.maximum(d, 0)
     else:
-        d_t, i_t = _torch_knn(x, kq, block)
+        # cap each block's (block × N) distance matrix at BLOCK_ELEMENTS floats: 1 GiB whatever N (1M rows: 268)
+        d_t, i_t = _torch_knn(x, kq, max(1, min(block, BLOCK_ELEMENTS // n)))
         d, i = d_t.cpu().numpy(), i_t.cpu().numpy()
     return _drop_self(d.astype(np.float32), i.astype(np.int64), k)
 

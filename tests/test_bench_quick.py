@@ -1,0 +1,68 @@
+"""The benchmark scripts run end to end on small real-data subsets and report well-formed figures.
+
+No timing is asserted (the machine is shared); only that the scripts exit 0, print the
+figures, and write JSON with the keys docs/PERFORMANCE.md is built from.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(args: list[str]) -> str:
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc.stdout
+
+
+def assert_nmi(value: object) -> None:
+    assert isinstance(value, float) and math.isfinite(value) and 0.0 <= value <= 1.0, value
+
+
+def test_vs_sklearn_quick(data_dir: Path, tmp_path: Path) -> None:
+    out_json = tmp_path / "vs.json"
+    stdout = run(["bench/vs_sklearn.py", "--quick", "--n", "3000", "--json", str(out_json)])
+    printed = re.findall(r"^(julekit|sklearn) NMI\s+([0-9.]+)", stdout, flags=re.M)
+    assert [name for name, _ in printed] == ["julekit", "sklearn"], stdout
+    for _, value in printed:
+        assert_nmi(float(value))
+    assert "speed ratio" in stdout and "peak RSS" in stdout, stdout
+
+    report = json.loads(out_json.read_text())
+    assert {"machine", "julekit", "sklearn", "speedup_end_to_end", "speedup_after_graph",
+            "sklearn_fit_seconds", "targets", "load_start"} <= report.keys()
+    jk, sk = report["julekit"], report["sklearn"]
+    assert jk["n"] == sk["n"] == 3000
+    assert {"knn_graph", "initial_clusters", "gdl_table", "merging"} <= jk["parts"].keys()
+    for side in (jk, sk):
+        assert_nmi(side["nmi"])
+        assert side["n_clusters"] == 10
+        assert side["peak_rss_bytes"] >= side["baseline_rss_bytes"] > 0
+    assert report["speedup_end_to_end"] > 0 and not report["sklearn_extrapolated"]
+
+
+def test_growth_quick(data_dir: Path, tmp_path: Path) -> None:
+    out_json, out_png = tmp_path / "growth.json", tmp_path / "growth.png"
+    stdout = run(["bench/growth.py", "--quick", "--sizes", "2000,4000", "--json", str(out_json),
+                  "--plot", str(out_png)])
+    assert re.search(r"log-log slope of time vs N: all rows -?[0-9.]+", stdout), stdout
+    table = [ln for ln in stdout.splitlines() if ln.startswith("| mnist |")]
+    assert len(table) == 2, stdout
+    for line in table:
+        assert_nmi(float(line.strip("|").split("|")[-2]))
+
+    report = json.loads(out_json.read_text())
+    assert {"machine", "device", "rows", "slopes"} <= report.keys()
+    assert [r["n"] for r in report["rows"]] == [2000, 4000]
+    for r in report["rows"]:
+        assert {"seconds", "parts", "peak_rss_bytes", "baseline_rss_bytes", "initial_clusters", "load_before"} <= r.keys()
+        assert_nmi(r["nmi"])
+        assert r["n_clusters"] == 10
+    assert math.isfinite(report["slopes"]["mnist_seconds"])
+    assert out_png.stat().st_size > 10_000 and out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
