@@ -39,3 +39,16 @@ def usps_subset(data_dir: Path, tmp_path: Path) -> Path:
     path = tmp_path / "usps600.npz"
     np.savez(path, images=d["images"][idx], labels=d["labels"][idx])
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: float sums in the same order every time, so reruns agree bit for bit.
+
+    (With several threads, reductions can split differently under load and flip a merge.)"""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -242,7 +242,7 @@ def test_ac_gdl_coil20_reaches_paper_nmi(runner, data_dir, tmp_path):
     assert summary["nmi"] >= 0.93  # the paper's AC-GDL: 0.937
 
 
-def test_jule_run_writes_summary_and_rerunnable_recipe(runner, usps_subset, tmp_path):
+def test_jule_run_writes_summary_and_rerunnable_recipe(runner, usps_subset, tmp_path, one_thread):
     out = tmp_path / "jule"
     args = ["run", str(RECIPES / "jule_usps.yaml"), "--set", f"data={usps_subset}", "--set", "train.epochs=1",
             "--out", str(out), "--device", "cpu", "--seed", "1"]
