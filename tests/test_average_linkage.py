@@ -100,10 +100,10 @@ def test_average_linkage_state_protocol():
         assert v == pytest.approx(w[a, b] + w[b, a], abs=1e-12)
 
 
-def test_ac_link_recipe_runs_on_raw_coil20(runner, data_dir, tmp_path):
+def test_graph_average_linkage_runs_on_raw_coil20(runner, data_dir, tmp_path):
     out = tmp_path / "ac_link"
-    result = runner.invoke(app, ["run", str(REPO / "recipes" / "ac_link_coil20.yaml"), "--data-dir", str(data_dir),
-                                 "--out", str(out), "--quiet", "--device", "cpu"])
+    result = runner.invoke(app, ["run", str(REPO / "recipes" / "ac_gdl_coil20.yaml"), "--data-dir", str(data_dir),
+                                 "--set", "linkage=average", "--out", str(out), "--quiet", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["recipe"]["linkage"] == {"name": "average"}
