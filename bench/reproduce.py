@@ -78,6 +78,17 @@ def cell_status(method: str, dataset: str, data_dir: str | None, device: str | N
     return None
 
 
+def as_seeds_summary(s: dict) -> dict:
+    """A plain run's summary.json (made without --seeds) read as a one-seed summary."""
+    if "seeds" in s:
+        return s
+    one = {"seeds": [s["recipe"]["seed"]], "device": s["device"], "stability_nmi_mean": None,
+           "seconds_mean": s["seconds"]}
+    for key in ("nmi", "acc"):
+        one[f"{key}_mean"], one[f"{key}_std"] = s.get(key), 0.0
+    return one
+
+
 def fmt(mean: float | None, std: float | None) -> str:
     return "-" if mean is None else f"{mean:.3f} ± {std:.3f}"
 
@@ -96,11 +107,11 @@ def table(out_root: Path, seeds: int, device: str | None, data_dir: str | None, 
                 why = cell_status(method, dataset, data_dir, device, allow_slow) or "not run yet"
                 lines.append(f"| {dataset} | {name} | {why} | | {paper:.3f} | | | | | | |")
                 continue
-            s = json.loads(summary_path.read_text())
+            s = as_seeds_summary(json.loads(summary_path.read_text()))
             cmd = shlex.join(command_for(method, dataset, len(s["seeds"]), Path(f"runs/reproduce/{method}_{dataset}"),
                                          None if "cpu" in str(s["device"]) else "cuda"))
             stability = "-" if s.get("stability_nmi_mean") is None else f"{s['stability_nmi_mean']:.3f}"
-            delta = s["nmi_mean"] - paper
+            delta = round(s["nmi_mean"] - paper, 3) + 0.0  # no "-0.000"
             lines.append(f"| {dataset} | {name} | **{fmt(s['nmi_mean'], s['nmi_std'])}** | {len(s['seeds'])} | "
                          f"{paper:.3f} | {delta:+.3f} | {fmt(s['acc_mean'], s['acc_std'])} | {stability} | "
                          f"{s['seconds_mean']:.1f} | {s['device']} | `{cmd}` |")

@@ -68,8 +68,9 @@ def run(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its last checkpoint"),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out directory"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final line (for scripts)"),
-    seeds: int = typer.Option(1, "--seeds", help="Run seeds (the recipe's seed + 0 .. N-1) into OUT/seed<k>/ and "
-                              "report mean ± std and the stability across seeds (pairwise NMI)"),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="Run seeds (the recipe's seed + 0 .. N-1) into "
+                                        "OUT/seed<k>/ and report mean ± std and the stability across seeds "
+                                        "(pairwise NMI)"),
 ) -> None:
     """Run a recipe: cluster (and train) and write a run directory.
 
@@ -98,10 +99,10 @@ def run(
         overrides.append(f"device={device}")
     if seed is not None:
         overrides.append(f"seed={seed}")
-    if seeds < 1:
+    if seeds is not None and seeds < 1:
         raise JulekitError(f"--seeds: expected at least 1, got {seeds}")
     if resume is not None:
-        if recipe is not None or overrides or seeds != 1:
+        if recipe is not None or overrides or seeds is not None:
             raise JulekitError("--resume continues a run as recorded; do not give a recipe, --set, --device, --seed "
                                "or --seeds")
         if not (resume / RECIPE).exists():
@@ -132,7 +133,7 @@ def run(
     previous = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        if seeds == 1 and not multi.is_multi_seed(run_dir.path):
+        if seeds is None and not multi.is_multi_seed(run_dir.path):
             _print_run_line(name, run_one(resolved, run_dir, resume is not None), run_dir.path)
             return
         if resume is None:

@@ -128,7 +128,8 @@ def aggregate(runs: list[SeedRun], recipe: dict, recipe_name: str) -> dict[str, 
 
 def headline(summary: dict) -> str:
     """One line: mean ± std of each metric and the stability."""
-    parts = [f"{summary['recipe_name']}: {len(summary['seeds'])} seeds on {summary['n_samples']} samples"]
+    n = len(summary["seeds"])
+    parts = [f"{summary['recipe_name']}: {n} seed{'s' if n != 1 else ''} on {summary['n_samples']} samples"]
     for key in METRICS:
         if summary.get(f"{key}_mean") is not None:
             parts.append(f"{key.upper()} {summary[f'{key}_mean']:.4f} ± {summary[f'{key}_std']:.4f}")

@@ -98,3 +98,14 @@ def test_bad_seeds(runner, tmp_path):
     assert not (tmp_path / "x").exists()
     result = runner.invoke(app, ["run", "--resume", str(tmp_path), "--seeds", "2"])
     assert result.exit_code == 2 and "do not give a recipe, --set, --device, --seed or --seeds" in result.output
+
+
+def test_one_seed_still_gives_the_multi_seed_summary(runner, usps_subset, tmp_path):
+    out = tmp_path / "one"
+    result = runner.invoke(app, ["run", "recipes/ac_gdl_usps.yaml", "--set", f"data={usps_subset}", "--seeds", "1",
+                                 "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == [0] and summary["nmi_std"] == 0.0 and summary["stability_nmi_mean"] is None
+    assert (out / "seed0" / "summary.json").exists()
+    assert "1 seed on 600 samples" in result.output and "stability" not in result.output
