@@ -40,6 +40,7 @@ PAPER = {
     "ac_gdl": dict(zip(DATASETS, (0.945, 0.954, 0.854, 0.864, 0.017, 0.755, 0.351, 0.934, 0.622))),
     "jule": dict(zip(DATASETS, (1.000, 0.985, 0.913, 0.915, 0.913, 0.877, 0.574, 1.00, 0.848))),
 }
+PAPER_SF = dict(zip(DATASETS, (1.000, 0.978, 0.858, 0.876, 0.906, 0.880, 0.566, 0.984, 0.848)))
 SLOW_ON_CPU = {("jule", "coil100"), ("jule", "mnist_full")}
 BEGIN, END = "<!-- reproduce:begin -->", "<!-- reproduce:end -->"
 
@@ -78,6 +79,17 @@ def cell_status(method: str, dataset: str, data_dir: str | None, device: str | N
     return None
 
 
+def sf_nmi(out: Path) -> float | None:
+    """JULE-SF: the mean over seeds of the last joint period's NMI (before the final RC stage)."""
+    values = []
+    for metrics in sorted(out.glob("seed*/metrics.jsonl")):
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        periods = [r for r in rows if isinstance(r.get("period"), int) and "nmi" in r]
+        if periods:
+            values.append(periods[-1]["nmi"])
+    return sum(values) / len(values) if values else None
+
+
 def as_seeds_summary(s: dict) -> dict:
     """A plain run's summary.json (made without --seeds) read as a one-seed summary."""
     if "seeds" in s:
@@ -103,6 +115,10 @@ def table(out_root: Path, seeds: int, device: str | None, data_dir: str | None, 
             paper = PAPER[method][dataset]
             summary_path = out_root / f"{method}_{dataset}" / "summary.json"
             name = f"{METHOD_NAMES[method]}"
+            if method == "jule" and summary_path.exists():
+                sf = sf_nmi(summary_path.parent)
+                if sf is not None:
+                    name += f" (SF {sf:.3f}; paper {PAPER_SF[dataset]:.3f})"
             if not summary_path.exists():
                 why = cell_status(method, dataset, data_dir, device, allow_slow) or "not run yet"
                 lines.append(f"| {dataset} | {name} | {why} | | {paper:.3f} | | | | | | |")
