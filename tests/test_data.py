@@ -13,7 +13,6 @@ from jule_kit.data import DATA_ENV, list_datasets, load_dataset, resolve, search
 from jule_kit.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
-USPS = REPO.parent / "shared" / "datasets" / "usps.npz"
 
 
 @pytest.fixture(autouse=True)
@@ -245,7 +244,6 @@ def test_list_datasets(tmp_path):
     assert "junk" not in found and found["digits"]["n"] == 1797
 
 
-@pytest.mark.skipif(not USPS.exists(), reason="shared USPS dataset not present")
-def test_real_usps():
-    d = load_dataset("usps", data_dir=USPS.parent)
+def test_real_usps(data_dir):
+    d = load_dataset("usps", data_dir=data_dir)
     assert (d.n, d.shape, d.n_classes) == (11000, (1, 16, 16), 10)

@@ -90,7 +90,6 @@ def test_plugin_reports_empty_clusters_and_returns_contiguous_labels():
     assert plugin.done(labels, 2) is False
 
 
-@pytest.mark.skipif("faiss" not in BACKENDS, reason="faiss is not installed")
 @pytest.mark.parametrize("empty", ["split", "nearest", "leave"])
 def test_faiss_and_torch_agree(empty):
     g = torch.Generator().manual_seed(1)
