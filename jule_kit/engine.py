@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import math
 import platform
-from contextlib import contextmanager
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -154,8 +154,10 @@ class Experiment:
                 "for a new run"
             ) from None
 
-    def features(self, model: nn.Module, images: torch.Tensor, period: int) -> torch.Tensor:
+    def features(self, model: nn.Module, images: torch.Tensor, period: int, refresh_bn: bool = False) -> torch.Tensor:
         with self.out_of_memory_hint(period, "feature_batch_size", "computing features"):
+            if refresh_bn:
+                self.refresh_batch_norm(model, images)
             return self.extract(model, images)
 
     @torch.no_grad()
@@ -347,10 +349,8 @@ class Experiment:
             self.reporter.hide("periods")
 
             t0 = time.time()
-            if model is not None and self.train["final_bn"] == "refresh":
-                with self.out_of_memory_hint(period, "feature_batch_size", "computing features"):
-                    self.refresh_batch_norm(model, images)
-            features = self.raw_features(images) if model is None else self.features(model, images, period)
+            features = self.raw_features(images) if model is None else self.features(
+                model, images, period, refresh_bn=self.train["final_bn"] == "refresh")
             self.check_finite(features, period)
             final_features = self.plugins.affinity.prepare(features)
             self.reporter.bar("merges", 1, "final stage")
