@@ -12,10 +12,10 @@ import torch
 from jule_kit.errors import JulekitError
 from jule_kit.hookspecs import ForwardContext
 from jule_kit.metrics import nmi
-from plugins.affinity.knn_gaussian import KnnGaussian
-from plugins.clusterer.agglomerative import Agglomerative, best_neighbour, merge_score
-from plugins.initializer.path_integral import PathIntegralInit
-from plugins.linkage.gdl import GDL
+from jule_kit.plugins.affinity.knn_gaussian import KnnGaussian
+from jule_kit.plugins.clusterer.agglomerative import Agglomerative, best_neighbour, merge_score
+from jule_kit.plugins.initializer.path_integral import PathIntegralInit
+from jule_kit.plugins.linkage.gdl import GDL
 
 # the benchmark datasets: $JULEKIT_DATA, else ../shared/datasets next to the repository
 DATA = Path(os.environ.get("JULEKIT_DATA") or Path(__file__).resolve().parents[2] / "shared" / "datasets")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from plugins.backbone.jule_cnn import JuleCNNBackbone
+from jule_kit.plugins.backbone.jule_cnn import JuleCNNBackbone
 
 # name, input shape, blocks, pool, flattened size before the linear layer (paper's models_def)
 PAPER_SHAPES = [

@@ -60,7 +60,7 @@ def test_non_finite_features_after_a_period_keep_the_checkpoint(runner, usps_sub
 
 def out_of_memory_after(monkeypatch, training: bool, calls: int) -> None:
     """Make the CNN raise CUDA's out-of-memory error after ``calls`` forward passes of one kind."""
-    from plugins.backbone.jule_cnn import JuleCNN
+    from jule_kit.plugins.backbone.jule_cnn import JuleCNN
 
     real, seen = JuleCNN.forward, [0]
 

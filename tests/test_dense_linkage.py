@@ -7,7 +7,7 @@ from sklearn.cluster import AgglomerativeClustering
 
 from jule_kit.cli import app
 from jule_kit.metrics import nmi
-from plugins.initializer.dense_linkage import DenseLinkage
+from jule_kit.plugins.initializer.dense_linkage import DenseLinkage
 
 
 def test_matches_scikit_learn_average_linkage_on_real_images(data_dir):

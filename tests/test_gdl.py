@@ -12,8 +12,8 @@ import torch
 
 from jule_kit.hookspecs import Graph
 from jule_kit.metrics import contiguous
-from plugins.affinity.knn_gaussian import KnnGaussian
-from plugins.linkage.gdl import GDL, gdl_tables
+from jule_kit.plugins.affinity.knn_gaussian import KnnGaussian
+from jule_kit.plugins.linkage.gdl import GDL, gdl_tables
 
 # ----------------------------------------------------------------------------------------
 # dense reference

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from plugins.affinity.knn_gaussian import KnnGaussian
-from plugins.initializer.path_integral import PathIntegralInit, Singletons, nearest_neighbour_chains
+from jule_kit.plugins.affinity.knn_gaussian import KnnGaussian
+from jule_kit.plugins.initializer.path_integral import PathIntegralInit, Singletons, nearest_neighbour_chains
 
 # the benchmark datasets: $JULEKIT_DATA, else ../shared/datasets next to the repository
 DATA = Path(os.environ.get("JULEKIT_DATA") or Path(__file__).resolve().parents[2] / "shared" / "datasets")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from jule_kit.backends import available_backends, knn
-from plugins.affinity.knn_gaussian import KnnGaussian
+from jule_kit.plugins.affinity.knn_gaussian import KnnGaussian
 
 # the benchmark datasets: $JULEKIT_DATA, else ../shared/datasets next to the repository
 DATA = Path(os.environ.get("JULEKIT_DATA") or Path(__file__).resolve().parents[2] / "shared" / "datasets")

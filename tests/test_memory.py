@@ -25,10 +25,10 @@ CHILD = textwrap.dedent(
     import torch
     from jule_kit.hookspecs import ForwardContext
     from jule_kit.metrics import nmi
-    from plugins.affinity.knn_gaussian import KnnGaussian
-    from plugins.clusterer.agglomerative import Agglomerative
-    from plugins.initializer.path_integral import PathIntegralInit
-    from plugins.linkage.gdl import GDL
+    from jule_kit.plugins.affinity.knn_gaussian import KnnGaussian
+    from jule_kit.plugins.clusterer.agglomerative import Agglomerative
+    from jule_kit.plugins.initializer.path_integral import PathIntegralInit
+    from jule_kit.plugins.linkage.gdl import GDL
 
     import sys
     sys.path.insert(0, "bench")  # the benchmarks' RSS readings, so test and bench measure alike

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from plugins.loss.weighted_triplet import (
+from jule_kit.plugins.loss.weighted_triplet import (
     WeightedTriplet,
     WeightedTripletCriterion,
     sample_triplets,
