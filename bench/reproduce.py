@@ -1,9 +1,11 @@
 """Reproduce the JULE paper's NMI table: JULE and the raw-intensity baselines, several seeds.
 
 Runs ``julekit run recipes/<method>_<dataset>.yaml --seeds N --out OUT/<method>_<dataset>`` for
-every method and dataset (each in its own process, as a user would), reuses finished runs,
-resumes interrupted ones, and writes the table into docs/RESULTS.md between the
-``<!-- reproduce:begin -->`` / ``<!-- reproduce:end -->`` markers (the rest of the file is kept).
+every method and dataset (each in its own process, as a user would), reuses finished runs of the
+recipe as it reads now, resumes interrupted ones, runs a cell made from other settings again
+(the old folder kept as ``<cell>.stale-<time>``), and writes the table into docs/RESULTS.md
+between the ``<!-- reproduce:begin -->`` / ``<!-- reproduce:end -->`` markers (the rest of the
+file is kept). Each row names the julekit version and git commit its runs were made with.
 
     python bench/reproduce.py                       # everything this machine can run
     python bench/reproduce.py --datasets usps,umist --methods jule --seeds 3
@@ -24,11 +26,15 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+RECIPES = REPO / "recipes"
 sys.path.insert(0, str(REPO))
 
 from jule_kit.data import resolve  # noqa: E402
 from jule_kit.errors import DataError  # noqa: E402
+from jule_kit.recipe import load_recipe  # noqa: E402
+from jule_kit.rundir import SUMMARY, RunDir  # noqa: E402
 from jule_kit.seeds import SEEDS_FILE  # noqa: E402
+from jule_kit.study import REUSED, StaleRunError, run_or_reuse, set_aside  # noqa: E402
 
 DATASETS = ("coil20", "coil100", "usps", "mnist_test", "mnist_full", "umist", "frgc", "cmu_pie", "ytf")
 METHODS = ("jule", "kmeans", "ac_link", "ac_gdl")
@@ -45,27 +51,55 @@ SLOW_ON_CPU = {("jule", "coil100"), ("jule", "mnist_full")}
 BEGIN, END = "<!-- reproduce:begin -->", "<!-- reproduce:end -->"
 
 
-def command_for(method: str, dataset: str, seeds: int, out: Path, device: str | None) -> list[str]:
-    cmd = ["julekit", "run", f"recipes/{method}_{dataset}.yaml", "--seeds", str(seeds), "--out", str(out)]
+def _shown(path: Path) -> str:
+    # the shipped recipes as the README writes them (recipes/x.yaml, run from the checkout)
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def command_for(method: str, dataset: str, seeds: int, out: Path, device: str | None,
+                recipes: Path = RECIPES) -> list[str]:
+    cmd = ["julekit", "run", _shown(recipes / f"{method}_{dataset}.yaml"), "--seeds", str(seeds), "--out", str(out)]
     return cmd + (["--device", device] if device else [])
 
 
-def run_cell(method: str, dataset: str, seeds: int, out_root: Path, device: str | None) -> None:
+def run_cell(method: str, dataset: str, seeds: int, out_root: Path, device: str | None,
+             recipes: Path = RECIPES, data_dir: str | None = None) -> None:
+    """Reuse the cell's finished run of the recipe as it reads now, resume it, or run it.
+
+    A cell made from other settings (the recipe file changed since) is set aside as
+    ``<cell>.stale-<time>`` and run again into a fresh folder, never quoted."""
     out = out_root / f"{method}_{dataset}"
-    recorded = out / SEEDS_FILE
-    if recorded.exists():
-        marker = json.loads(recorded.read_text())
-        if (out / "summary.json").exists() and marker["seeds"] >= seeds:
-            print(f"{method}_{dataset}: reused ({marker['seeds']} seeds)", flush=True)
-            return
-        if marker["seeds"] < seeds:  # more seeds asked for: the finished ones are kept
-            marker["seeds"] = seeds
-            recorded.write_text(json.dumps(marker) + "\n")
-        cmd = ["julekit", "run", "--resume", str(out)]
-    else:
-        cmd = command_for(method, dataset, seeds, out, device)
-    print("$ " + shlex.join(cmd), flush=True)
-    subprocess.run([sys.executable, "-m", "jule_kit.cli", *cmd[1:]], cwd=REPO, check=True)
+    wanted = load_recipe(recipes / f"{method}_{dataset}.yaml", [f"device={device}"] if device else [])
+
+    def run(_: RunDir, resume: bool) -> dict:
+        if resume:
+            recorded = out / SEEDS_FILE
+            marker = json.loads(recorded.read_text())
+            if marker["seeds"] < seeds:  # more seeds asked for: the finished ones are kept
+                marker["seeds"] = seeds
+                recorded.write_text(json.dumps(marker) + "\n")
+            cmd = ["julekit", "run", "--resume", str(out)]
+        else:
+            cmd = command_for(method, dataset, seeds, out, device, recipes)
+        cmd += ["--data-dir", data_dir] if data_dir else []
+        print("$ " + shlex.join(cmd), flush=True)
+        subprocess.run([sys.executable, "-m", "jule_kit.cli", *cmd[1:]], cwd=REPO, check=True)
+        return json.loads((out / SUMMARY).read_text())
+
+    def enough(summary: dict) -> bool:
+        return len(summary.get("seeds") or []) >= seeds
+
+    try:
+        outcome = run_or_reuse(run, out, wanted, complete=enough)
+    except StaleRunError as stale:
+        aside = set_aside(out)
+        print(f"{stale}; set aside as {aside.name}, running the cell again", flush=True)
+        outcome = run_or_reuse(run, out, wanted, complete=enough)
+    if outcome.status == REUSED:
+        print(f"{method}_{dataset}: reused ({len(outcome.summary['seeds'])} seeds)", flush=True)
 
 
 def cell_status(method: str, dataset: str, data_dir: str | None, device: str | None, allow_slow: bool) -> str | None:
@@ -94,15 +128,28 @@ def fmt(mean: float | None, std: float | None) -> str:
     return "-" if mean is None else f"{mean:.3f} ± {std:.3f}"
 
 
+def made_with(out: Path, summary: dict) -> str:
+    """The julekit version and git commit each seed's run was made with (several: seeds added later)."""
+    found: list[str] = []
+    for row in summary.get("runs", []):
+        try:
+            versions = json.loads((out / row["run_dir"] / SUMMARY).read_text()).get("versions") or {}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        text = str(versions.get("julekit", "?")) + (f" @ {versions['commit']}" if versions.get("commit") else "")
+        found += [text] if text not in found else []
+    return ", ".join(found) or "-"
+
+
 def table(out_root: Path, device: str | None, data_dir: str | None, allow_slow: bool) -> str:
     lines = [
-        "| dataset | method | ours NMI (mean ± std) | seeds | paper NMI | ours − paper | ACC | stability | s / seed | device | command |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| dataset | method | ours NMI (mean ± std) | seeds | paper NMI | ours − paper | ACC | stability | s / seed | device | made with | command |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for dataset in DATASETS:
         for method in METHODS:
             paper = PAPER[method][dataset]
-            summary_path = out_root / f"{method}_{dataset}" / "summary.json"
+            summary_path = out_root / f"{method}_{dataset}" / SUMMARY
             name = f"{METHOD_NAMES[method]}"
             if method == "jule" and summary_path.exists():
                 sf = sf_nmi(summary_path.parent)
@@ -110,7 +157,7 @@ def table(out_root: Path, device: str | None, data_dir: str | None, allow_slow: 
                     name += f" (SF {sf:.3f}; paper {PAPER_SF[dataset]:.3f})"
             if not summary_path.exists():
                 why = cell_status(method, dataset, data_dir, device, allow_slow) or "not run yet"
-                lines.append(f"| {dataset} | {name} | {why} | | {paper:.3f} | | | | | | |")
+                lines.append(f"| {dataset} | {name} | {why} | | {paper:.3f} | | | | | | | |")
                 continue
             s = json.loads(summary_path.read_text())
             cmd = shlex.join(command_for(method, dataset, len(s["seeds"]), Path(f"runs/reproduce/{method}_{dataset}"),
@@ -119,7 +166,7 @@ def table(out_root: Path, device: str | None, data_dir: str | None, allow_slow: 
             delta = round(s["nmi_mean"] - paper, 3) + 0.0  # no "-0.000"
             lines.append(f"| {dataset} | {name} | **{fmt(s['nmi_mean'], s['nmi_std'])}** | {len(s['seeds'])} | "
                          f"{paper:.3f} | {delta:+.3f} | {fmt(s['acc_mean'], s['acc_std'])} | {stability} | "
-                         f"{s['seconds_mean']:.1f} | {s['device']} | `{cmd}` |")
+                         f"{s['seconds_mean']:.1f} | {s['device']} | {made_with(summary_path.parent, s)} | `{cmd}` |")
     return "\n".join(lines)
 
 
@@ -141,6 +188,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "reproduce")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--recipes", type=Path, default=RECIPES,
+                        help="folder of the <method>_<dataset>.yaml recipes (default: the shipped ones)")
     parser.add_argument("--allow-slow-cpu", action="store_true", help="also run JULE on coil100/mnist_full on CPU")
     parser.add_argument("--results", type=Path, default=REPO / "docs" / "RESULTS.md")
     parser.add_argument("--table-only", action="store_true", help="do not run anything; rewrite the table")
@@ -158,12 +207,13 @@ def main() -> None:
                 if why:
                     print(f"{method}_{dataset}: skipped ({why})", flush=True)
                     continue
-                run_cell(method, dataset, args.seeds, args.out, args.device)
+                run_cell(method, dataset, args.seeds, args.out, args.device, args.recipes, args.data_dir)
     text = table(args.out, args.device, args.data_dir, args.allow_slow_cpu)
     stamp = dt.date.today().isoformat()
     text = (f"Generated by `python bench/reproduce.py` on {stamp} from the runs in `runs/reproduce/`. "
             "Stability = mean NMI between the final assignments of every pair of seeds (1.000: every seed "
-            "gives the same clustering). Seconds are each run's own `seconds` (data loading excluded).\n\n" + text)
+            "gives the same clustering). Seconds are each run's own `seconds` (data loading excluded). "
+            "Made with = the julekit version @ git commit of the cell's runs.\n\n" + text)
     write_results(text, args.results)
     print(text)
 

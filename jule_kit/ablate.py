@@ -4,9 +4,10 @@ A *variant* is the recipe as is (``baseline``) or the recipe with one plugin per
 kind replaced, exactly as ``--set <kind>=<name>`` would (the swapped plugin starts from its
 defaults). Several names for one kind give several variants; several kinds give their
 cartesian product. Every (recipe, variant, seed) runs into
-``OUT/<recipe>/<variant>/seed<k>/`` with seed = the recipe's seed + k; a run whose
-``summary.json`` exists is reused, so an interrupted or extended ablation only runs what
-is missing. The tables go to ``OUT/summary.{csv,json,md,png}``.
+``OUT/<recipe>/<variant>/seed<k>/`` with seed = the recipe's seed + k; a finished run of the
+same recipe is reused and an interrupted one resumed (``study.run_or_reuse``), so an interrupted
+or extended ablation only runs what is missing; a folder holding other settings stops the
+ablation before anything runs. The tables go to ``OUT/summary.{csv,json,md,png}``.
 """
 from __future__ import annotations
 
@@ -26,12 +27,12 @@ from .errors import DataError, JulekitError
 from .hookspecs import KINDS
 from .metrics import mean_std
 from .paths import find_recipe, shipped_recipes
-from .rundir import RECIPE, SUMMARY, RunDir, atomic_write_bytes, atomic_write_text
+from .rundir import RunDir, atomic_write_bytes, atomic_write_text
+from .study import REUSED, Outcome, look, run_or_reuse
 
 BASELINE = "baseline"
 METRICS = ("nmi", "acc", "ari")
 CSV_COLUMNS = ("recipe", "dataset", "variant", "seed", "nmi", "acc", "ari", "seconds", "run_dir")
-IGNORED_KEYS = ("description", "device")  # differences that do not make a stored run stale
 
 
 @dataclass(frozen=True)
@@ -157,47 +158,20 @@ def plan(out: Path, recipes: list[str] | None, swaps: dict[str, list[str]], seed
 # --------------------------------------------------------------------------------------
 
 
-def _comparable(recipe: dict) -> dict:
-    return {k: v for k, v in recipe.items() if k not in IGNORED_KEYS}
+STALE_HINT = "use another --out, or --force to run everything again"
 
 
-def stored_summary(job: Job, force: bool) -> dict | None:
-    """The summary of a finished run of this job, or None when it must run."""
-    path = job.run_dir / SUMMARY
-    if force or not path.exists():
-        return None
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None  # a damaged summary: run again
-    stored = summary.get("recipe")
-    if isinstance(stored, dict) and _comparable(stored) != _comparable(job.recipe):
-        changed = sorted(k for k in set(stored) | set(job.recipe)
-                         if k not in IGNORED_KEYS and stored.get(k) != job.recipe.get(k))
-        raise JulekitError(
-            f"{job.run_dir}: holds a run of other settings (differs in {', '.join(changed)}); "
-            "use another --out, or --force to run everything again"
-        )
-    return summary
-
-
-def run_job(job: Job, data_dir: str | None, force: bool) -> dict:
-    """Run one job into its directory (resuming an interrupted run of the same recipe)."""
+def run_job(job: Job, data_dir: str | None, force: bool) -> Outcome:
+    """Reuse the finished run of this job, resume an interrupted one of the same recipe, or run it."""
     from .engine import Experiment
     from .progress import Reporter
-    from .recipe import load_raw
 
-    resume = False
-    if not force and (job.run_dir / RECIPE).exists():
-        try:
-            stored = load_raw(job.run_dir / RECIPE)
-            resume = _comparable(stored) == _comparable(job.recipe)
-        except JulekitError:
-            resume = False
-    run_dir = RunDir(job.run_dir) if resume else RunDir.create(job.run_dir, force=True)
-    experiment = Experiment(job.recipe, run_dir, data_dir=data_dir, reporter=Reporter(quiet=True),
-                            recipe_name=job.recipe_name)
-    return experiment.run(resume=resume).summary
+    def run(run_dir: RunDir, resume: bool) -> dict:
+        experiment = Experiment(job.recipe, run_dir, data_dir=data_dir, reporter=Reporter(quiet=True),
+                                recipe_name=job.recipe_name)
+        return experiment.run(resume=resume).summary
+
+    return run_or_reuse(run, job.run_dir, job.recipe, force=force, hint=STALE_HINT)
 
 
 def row_of(job: Job, summary: dict) -> dict:
@@ -359,7 +333,8 @@ def run_ablation(ablation: Ablation, *, data_dir: str | None = None, force: bool
          "recipes": {n: str(p) for n, p in ablation.recipes},
          "variants": {v.name: list(v.overrides) for v in ablation.variants}}, sort_keys=False))
     for job in ablation.jobs:  # a stale run directory stops the ablation before anything runs
-        stored_summary(job, force)
+        if not force:
+            look(job.run_dir, job.recipe, hint=STALE_HINT)
     for s in ablation.skipped:
         console.print(f"skipped {s}", highlight=False, markup=False)
     rows: list[dict] = []
@@ -382,14 +357,10 @@ def _run_jobs(ablation: Ablation, rows: list[dict], progress, console, data_dir:
     for i, job in enumerate(ablation.jobs, 1):
         head = f"run {i}/{n}: {job.label}"
         progress.update(task, description=head)
-        summary = stored_summary(job, force)
-        if summary is not None:
-            status = "reused"
-        else:
-            t0 = time.time()
-            summary = run_job(job, data_dir, force)
-            status = f"ran in {time.time() - t0:.1f} s"
-        row = row_of(job, summary)
+        t0 = time.time()
+        outcome = run_job(job, data_dir, force)
+        status = outcome.status if outcome.status == REUSED else f"{outcome.status} in {time.time() - t0:.1f} s"
+        row = row_of(job, outcome.summary)
         rows.append(row)
         scores = "  ".join(f"{k.upper()} {row[k]:.4f}" for k in METRICS if row[k] is not None)
         console.print(f"{head}: {status}  {scores}  ({row['seconds']:.1f} s)", highlight=False, markup=False,

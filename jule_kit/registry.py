@@ -5,6 +5,11 @@ Built-ins and third-party plugins arrive the same way: a module listed under
 
 ``JULEKIT_LOAD_PLUGINS`` restricts loading: a comma-separated list of distribution
 names to load besides julekit itself (empty: julekit's built-ins only).
+
+One name means one plugin: when two distributions register the same kind and name, the bare
+name is an error naming both, and a recipe chooses one as ``<distribution>:<name>``
+(``linkage: julekit:gdl``, ``linkage: {name: "julekit-single-link:gdl"}``), or
+``JULEKIT_LOAD_PLUGINS`` leaves the other distribution out.
 """
 from __future__ import annotations
 
@@ -153,12 +158,17 @@ def settings_of(cls: type) -> dict[str, Setting]:
     return result
 
 
+def normal_distribution(name: str) -> str:
+    """A distribution name as pip compares them: ``Julekit_Single_Link`` = ``julekit-single-link``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 class Registry:
-    """Every plugin known to this process, by (kind, name)."""
+    """Every plugin known to this process, by (kind, name): one provider each, or several (ambiguous)."""
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.pm = pm
-        self._plugins: dict[tuple[str, str], PluginInfo] = {}
+        self._plugins: dict[tuple[str, str], list[PluginInfo]] = {}
         dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
         for impl in pm.hook.julekit_register_plugins.get_hookimpls():
             dist = dists.get(id(impl.plugin))
@@ -173,41 +183,77 @@ class Registry:
                 f"plugin class {cls.__qualname__} from distribution {distribution!r} has kind {kind!r}; "
                 f"expected one of {', '.join(KINDS)}"
             )
-        if not isinstance(name, str) or not name:
-            raise PluginError(f"plugin class {cls.__qualname__} from distribution {distribution!r} has no name")
+        if not isinstance(name, str) or not name or ":" in name:
+            # ":" separates a distribution from a name (julekit:gdl) and a name from its shorthand value
+            raise PluginError(f"plugin class {cls.__qualname__} from distribution {distribution!r} has "
+                              f"{'no name' if not name else f'the name {name!r}; a name cannot hold a colon'}")
+        providers = self._plugins.setdefault((kind, name), [])
+        for other in providers:
+            if normal_distribution(other.distribution) == normal_distribution(distribution):
+                if other.cls is cls:
+                    return  # the same class registered twice: nothing is replaced
+                raise PluginError(f"distribution {distribution!r} registers two {kind} plugins named {name!r} "
+                                  f"({other.cls.__qualname__} and {cls.__qualname__}); give each its own name")
         summary = getattr(cls, "summary", "") or (inspect.getdoc(cls) or "").split("\n")[0]
-        self._plugins[(kind, name)] = PluginInfo(kind, name, cls, summary, settings_of(cls), distribution, version)
+        providers.append(PluginInfo(kind, name, cls, summary, settings_of(cls), distribution, version))
 
     def all(self, kind: str | None = None, pattern: str = "*") -> list[PluginInfo]:
-        """Plugins sorted by kind then name; ``pattern`` is an fnmatch filter on names."""
+        """Plugins sorted by kind, name, then distribution; ``pattern`` is an fnmatch filter on names."""
         order = {k: i for i, k in enumerate(KINDS)}
         found = [
-            p for p in self._plugins.values()
-            if (kind is None or p.kind == kind) and fnmatch.fnmatch(p.name, pattern)
+            p for (k, n), providers in self._plugins.items() for p in providers
+            if (kind is None or k == kind) and fnmatch.fnmatch(n, pattern)
         ]
-        return sorted(found, key=lambda p: (order[p.kind], p.name))
+        return sorted(found, key=lambda p: (order[p.kind], p.name, p.distribution))
 
     def names(self, kind: str) -> list[str]:
-        return [p.name for p in self.all(kind)]
+        return list(dict.fromkeys(p.name for p in self.all(kind)))
+
+    def ambiguous(self) -> list[list[PluginInfo]]:
+        """The (kind, name) pairs that several distributions register, each as its providers."""
+        return [providers for _, providers in sorted(self._plugins.items()) if len(providers) > 1]
+
+    def is_distribution(self, name: str) -> bool:
+        """Whether ``name`` is a distribution that registered plugins (``julekit`` in ``julekit:gdl``)."""
+        wanted = normal_distribution(name)
+        return any(normal_distribution(p.distribution) == wanted for p in self.all())
 
     def get(self, kind: str, name: str, where: str = "") -> PluginInfo:
-        try:
-            return self._plugins[(kind, name)]
-        except KeyError:
-            known = self.names(kind)
-            close = difflib.get_close_matches(str(name), known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            prefix = f"{where}: " if where else ""
-            raise RecipeError(
-                f"{prefix}unknown {kind} plugin {name!r}{hint} (registered: {', '.join(known) or 'none'})"
-            ) from None
+        """The plugin ``name`` (or ``<distribution>:<name>``) of ``kind``; RecipeError/PluginError when
+        there is none or several distributions register the bare name."""
+        prefix = f"{where}: " if where else ""
+        dist, _, bare = str(name).rpartition(":")
+        providers = self._plugins.get((kind, bare), [])
+        if dist:
+            found = [p for p in providers if normal_distribution(p.distribution) == normal_distribution(dist)]
+            if found:
+                return found[0]
+            if providers:
+                raise RecipeError(f"{prefix}distribution {dist!r} registers no {kind} plugin {bare!r} (it comes "
+                                  f"from {', '.join(p.distribution for p in providers)})")
+        elif len(providers) == 1:
+            return providers[0]
+        elif providers:
+            others = [repr(p.distribution) for p in providers if normal_distribution(p.distribution) != PROJECT]
+            raise PluginError(
+                f"{prefix}{kind} plugin {bare!r} is registered by {'two' if len(providers) == 2 else len(providers)} "
+                f"distributions, {' and '.join(repr(p.distribution) for p in providers)}; choose one in the recipe "
+                "as " + " or ".join(f"{kind}: {p.distribution}:{bare}" for p in providers)
+                + f", or leave {' or '.join(others)} out of {LOAD_ENV} (the distributions to load besides julekit)"
+            )
+        known = self.names(kind)
+        close = difflib.get_close_matches(bare, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise RecipeError(
+            f"{prefix}unknown {kind} plugin {name!r}{hint} (registered: {', '.join(known) or 'none'})"
+        )
 
 
 def _allowed_distributions() -> set[str] | None:
     raw = os.environ.get(LOAD_ENV)
     if raw is None:
         return None
-    return {PROJECT} | {d.strip().lower().replace("_", "-") for d in raw.split(",") if d.strip()}
+    return {PROJECT} | {normal_distribution(d.strip()) for d in raw.split(",") if d.strip()}
 
 
 def plugin_manager() -> pluggy.PluginManager:
@@ -217,7 +263,7 @@ def plugin_manager() -> pluggy.PluginManager:
     allowed = _allowed_distributions()
     for ep in entry_points(group=PROJECT):
         dist = ep.dist.name if ep.dist is not None else "?"
-        if allowed is not None and dist.lower().replace("_", "-") not in allowed:
+        if allowed is not None and normal_distribution(dist) not in allowed:
             pm.set_blocked(ep.name)
             continue
         if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
+import platform
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -12,6 +15,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from . import __version__
 from .errors import JulekitError
 
 RECIPE = "recipe.yaml"
@@ -39,6 +43,31 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The short commit of the git checkout julekit runs from; None when it is not one (a wheel)."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():  # installed: a repository around site-packages is not ours
+        return None
+    try:
+        found = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                               text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):  # no git, or it hangs: the record goes without
+        return None
+    if found.returncode != 0:
+        return None
+    return found.stdout.strip() or None
+
+
+def versions() -> dict[str, str]:
+    """What a run was made with, for its summary: julekit, torch, Python and the git commit if known."""
+    made_with = {"julekit": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    commit = git_commit()
+    if commit:
+        made_with["commit"] = commit
+    return made_with
 
 
 def to_jsonable(value: Any) -> Any:

@@ -8,7 +8,9 @@ the final assignments of every pair of seeds. A high score against the labels wi
 stability means one run cannot be trusted on its own.
 
 ``julekit run --resume OUT`` reuses finished seeds, resumes an interrupted one from its
-checkpoint and runs the missing ones.
+checkpoint and runs the missing ones (``study.run_or_reuse``); a seed folder whose stored recipe
+differs from ``OUT/recipe.yaml`` stops it with one line naming the folder and the first
+differing key, nothing overwritten.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from .errors import JulekitError
 from .metrics import mean_std, pairwise_nmi
 from .recipe import dump
 from .rundir import RECIPE, SUMMARY, RunDir, atomic_write_text
+from .study import REUSED, run_or_reuse
 
 SEEDS_FILE = "seeds.json"
 METRICS = ("nmi", "acc", "ari")
@@ -80,21 +83,18 @@ def recipe_for(recipe: dict, k: int) -> dict:
     return one
 
 
-def run_seed(run_one: Callable[[dict, RunDir, bool], dict], out: Path, recipe: dict, k: int) -> SeedRun:
-    """Reuse a finished seed, resume an interrupted one, or run it."""
+def run_seed(run_one: Callable[[dict, RunDir, bool], dict], out: Path, recipe: dict, k: int,
+             force: bool = False) -> SeedRun:
+    """Reuse a finished seed of the same recipe, resume an interrupted one, or run it (``force``: run it).
+
+    A seed folder holding other settings stops the run (StaleRunError), nothing overwritten."""
     one = recipe_for(recipe, k)
     folder = seed_dir(out, k)
     distributed.barrier()  # torchrun: every rank looks at the folder before rank 0 starts writing into it
-    run_dir = RunDir(folder)
-    if run_dir.file(SUMMARY).exists():
-        summary = json.loads(run_dir.file(SUMMARY).read_text())
-        return SeedRun(k, one["seed"], summary, run_dir.read_assignments(), reused=True)
-    resume = run_dir.file(RECIPE).exists()
-    if not resume:
-        # never holds anything but an unstarted seed here; torchrun: rank 0 creates it, the others read
-        run_dir = distributed.create_run_dir(folder, force=True)
-    summary = run_one(one, run_dir, resume)
-    return SeedRun(k, one["seed"], summary, run_dir.read_assignments(), reused=False)
+    outcome = run_or_reuse(lambda run_dir, resume: run_one(one, run_dir, resume), folder, one, force=force,
+                           hint=f"move it away to run that seed again with {Path(out) / RECIPE}")
+    return SeedRun(k, one["seed"], outcome.summary, outcome.run_dir.read_assignments(),
+                   reused=outcome.status == REUSED)
 
 
 def aggregate(runs: list[SeedRun], recipe: dict, recipe_name: str) -> dict[str, Any]:
@@ -140,14 +140,15 @@ def headline(summary: dict) -> str:
 
 
 def run_seeds(run_one: Callable[[dict, RunDir, bool], dict], out: RunDir, recipe: dict, seeds: int,
-              recipe_name: str, on_seed: Callable[[SeedRun], None] | None = None) -> dict:
+              recipe_name: str, on_seed: Callable[[SeedRun], None] | None = None, force: bool = False) -> dict:
     """Run (or reuse) every seed in order, then write and return ``OUT/summary.json``.
 
-    ``run_one(recipe, run_dir, resume)`` runs one seed and returns its summary.
+    ``run_one(recipe, run_dir, resume)`` runs one seed and returns its summary; ``force`` runs
+    every seed again (``julekit run --force``) instead of reusing what ``out`` holds.
     """
     runs = []
     for k in range(seeds):
-        result = run_seed(run_one, out.path, recipe, k)
+        result = run_seed(run_one, out.path, recipe, k, force=force)
         runs.append(result)
         if on_seed is not None:
             on_seed(result)
