@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import JulekitError
-from .paths import find_recipe, shipped_recipes
+from .paths import RECIPES_DIR, find_recipe, shipped_recipes
 
 app = typer.Typer(
     name="julekit",
@@ -50,6 +50,28 @@ def user_errors(fn: Callable) -> Callable:
             fail(str(exc), exc.exit_code)
 
     return wrapper
+
+
+def _version(value: bool) -> None:
+    if not value:
+        return
+    import platform
+
+    import torch
+
+    from . import __version__
+
+    typer.echo(f"julekit {__version__} (torch {torch.__version__}, Python {platform.python_version()})")
+    raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the julekit and torch versions and exit"),
+) -> None:
+    # no docstring: the app's help text above stays the one `julekit --help` shows
+    pass
 
 
 def _recipe_path(spec: str) -> Path:
@@ -139,7 +161,8 @@ def run(
         if resume is None:
             multi.start(run_dir, resolved, seeds, name)
         summary = multi.run_seeds(run_one, run_dir, resolved, seeds, name,
-                                  on_seed=None if quiet else functools.partial(_print_seed_line, run_dir.path))
+                                  on_seed=None if quiet else functools.partial(_print_seed_line, run_dir.path),
+                                  force=force and resume is None)  # --force: what --out holds is overwritten
     except KeyboardInterrupt:
         err_console.print(f"interrupted; the last completed period is saved. Resume with: julekit run --resume {run_dir.path}",
                           highlight=False, markup=False, soft_wrap=True)  # one line, whatever the terminal width
@@ -213,7 +236,8 @@ def plugins(
     """
     from .registry import get_registry
 
-    found = get_registry().all(kind, pattern)
+    registry = get_registry()
+    found = registry.all(kind, pattern)
     if as_json:
         print(json.dumps([p.as_dict() for p in found], indent=2))
         return
@@ -222,6 +246,10 @@ def plugins(
         table.add_column(col, overflow="fold")
     for p in found:
         table.add_row(p.kind, p.name, p.distribution, p.version, p.summary)
+    clashes = [f"{ps[0].kind} {ps[0].name} ({', '.join(p.distribution for p in ps)})" for ps in registry.ambiguous()]
+    if clashes:  # the bare name is refused in recipes: say how to choose
+        table.caption = (f"registered by several distributions: {'; '.join(clashes)}; "
+                         "a recipe chooses one as <distribution>:<name>")
     console.print(table)
 
 
@@ -234,14 +262,16 @@ def recipes() -> None:
     """
     from .recipe import load_raw
 
-    table = Table(title="shipped recipes")
+    # names, not paths: `julekit run <name>` finds a shipped recipe from any folder, installed or not
+    table = Table(title="shipped recipes", caption=f"in {RECIPES_DIR}; run one with `julekit run <recipe>`"
+                  if RECIPES_DIR else "no shipped recipes found: reinstall julekit")
     for col in ("recipe", "data", "description"):
         table.add_column(col, overflow="fold")
     for path in shipped_recipes():
         raw = load_raw(path)
         data = raw.get("data", "digits")
         data = data.get("name") if isinstance(data, dict) else data
-        table.add_row(str(path.relative_to(path.parent.parent)), str(data), raw.get("description", ""))
+        table.add_row(path.stem, str(data), raw.get("description", ""))
     console.print(table)
 
 
@@ -309,6 +339,55 @@ def ablate(
     ablation = plan(out, list(recipe), swaps, seeds, overrides, str(data_dir) if data_dir else None)
     run_ablation(ablation, data_dir=str(data_dir) if data_dir else None, force=force, command=" ".join(words),
                  console=console)
+
+
+@app.command()
+@user_errors
+def recluster(
+    run_dir: Path = typer.Argument(..., help="A finished run directory (or a --seeds folder: every seed)"),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Override a final-stage key, e.g. "
+                                   "--set clusterer.final=sf --set linkage=average --set affinity.k_s=10"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="New run directory (default: RUN_DIR-recluster-<time>)"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out directory"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final line (for scripts)"),
+) -> None:
+    """Re-run only the final stage on a finished run's trained network, with other settings.
+
+    Loads the last checkpoint, extracts the final features exactly as the run did and writes a normal
+    run directory (recipe, metrics with the joint loop's rows, summary with "derived_from", assignments,
+    montage). With the run's own settings it reproduces the run's assignments.csv.
+
+    Examples:
+
+      julekit recluster runs/jule_usps-20261202-120000 --set clusterer.final=sf
+
+      julekit recluster runs/reproduce/jule_usps --set clusterer.kc_min_clusters=0 --out runs/usps-kc-all
+    """
+    from . import seeds as multi
+    from .metrics import mean_std
+    from .progress import Reporter
+    from .recluster import recluster as recluster_run
+
+    out = out or run_dir.parent / f"{run_dir.name}-recluster-{time.strftime('%Y%m%d-%H%M%S')}"
+    if multi.is_multi_seed(run_dir):
+        _, seeds, _ = multi.load(run_dir)
+        pairs = [(multi.seed_dir(run_dir, k), multi.seed_dir(out, k)) for k in range(seeds)]
+    else:
+        pairs = [(run_dir, out)]
+    summaries = []
+    for source, target in pairs:
+        reporter = Reporter(console=console, quiet=quiet, err_console=err_console)
+        with reporter:
+            summary = recluster_run(source, target, list(set_), data_dir=str(data_dir) if data_dir else None,
+                                    reporter=reporter, force=force)
+        summaries.append(summary)
+        _print_run_line(source.name + " reclustered", summary, target)
+    if len(summaries) > 1:
+        parts = [f"{k.upper()} {m:.4f} ± {s:.4f}" for k in ("nmi", "acc")
+                 if summaries[0].get(k) is not None for m, s in [mean_std([x[k] for x in summaries])]]
+        console.print(f"{run_dir.name} reclustered: {len(summaries)} seeds  " + "  ".join(parts) + f"  -> {out}",
+                      highlight=False, markup=False, soft_wrap=True)
 
 
 def main() -> None:

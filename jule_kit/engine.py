@@ -12,7 +12,6 @@ period p continues exactly as the uninterrupted run would.
 from __future__ import annotations
 
 import math
-import platform
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
 from . import distributed
 from .data import Dataset, load_dataset
+from .determinism import deterministic_algorithms
 from .errors import JulekitError, RecipeError, TrainingError
 from .hookspecs import ForwardContext, Graph
 from .metrics import contiguous, evaluate, nmi
@@ -33,7 +32,7 @@ from .montage import make_montage, png_bytes
 from .progress import Reporter
 from .recipe import dump
 from .registry import get_registry
-from .rundir import MONTAGE, RECIPE, SUMMARY, RunDir, atomic_write_bytes, atomic_write_text
+from .rundir import MONTAGE, RECIPE, SUMMARY, RunDir, atomic_write_bytes, atomic_write_text, versions
 from .tensorboard import TB_DIR, RunLogger
 
 FINAL_PERIOD_NAME = "final"
@@ -272,9 +271,26 @@ class Experiment:
         row.update(getattr(self.plugins.clusterer, "last_stats", {}) or {})
         return row
 
+    def build_model(self, data: Dataset) -> nn.Module | None:
+        """The backbone for the data's input shape, on the run's device (None: cluster raw pixels)."""
+        if self.plugins.backbone is None:
+            return None
+        try:
+            model = self.plugins.backbone.build(data.shape).to(self.device)
+        except ValueError as exc:
+            raise RecipeError(f"backbone: {exc}") from None
+        return distributed.sync_batch_norm(model, self.device)  # global-batch statistics under torchrun
+
     # -- the run -------------------------------------------------------------------------------
+    def deterministic(self):
+        """PyTorch's deterministic kernels while the run computes, as the recipe's ``deterministic`` says."""
+        return deterministic_algorithms(self.recipe["deterministic"], self.device)
+
     def run(self, resume: bool = False) -> RunResult:
-        started = time.time()
+        with self.deterministic():
+            return self._run(resume)
+
+    def _run(self, resume: bool) -> RunResult:
         data = self.load_data()
         if data.skipped:
             shown = ", ".join(data.skipped[:5]) + (f" and {len(data.skipped) - 5} more" if len(data.skipped) > 5 else "")
@@ -282,13 +298,8 @@ class Experiment:
         target = self.target_clusters(data)
         torch.manual_seed(self.seed)
         images = torch.as_tensor(data.images).to(self.device)
-        model, optimizer = None, None
-        if self.plugins.backbone is not None:
-            try:
-                model = self.plugins.backbone.build(data.shape).to(self.device)
-            except ValueError as exc:
-                raise RecipeError(f"backbone: {exc}") from None
-            model = distributed.sync_batch_norm(model, self.device)  # global-batch statistics under torchrun
+        model, optimizer = self.build_model(data), None
+        if model is not None:
             t = self.train
             optimizer = torch.optim.SGD(model.parameters(), lr=t["lr"], momentum=t["momentum"],
                                         dampening=t["dampening"], weight_decay=t["weight_decay"])
@@ -348,44 +359,63 @@ class Experiment:
                 self.reporter.advance("periods", period)
             self.reporter.hide("periods")
 
-            t0 = time.time()
-            features = self.raw_features(images) if model is None else self.features(
-                model, images, period, refresh_bn=self.train["final_bn"] == "refresh")
-            self.check_finite(features, period)
-            final_features = self.plugins.affinity.prepare(features)
-            self.reporter.bar("merges", 1, "final stage")
-            labels = distributed.on_main(lambda: contiguous(
-                self.plugins.clusterer.finalize(final_features, labels, self.context(period, target))))
-            self.reporter.hide("merges")
-            if int(labels.max()) + 1 < target:  # e.g. features collapsed to a few points: say so, don't hide it
-                self.reporter.warn(f"the final stage found {int(labels.max()) + 1} clusters, fewer than the target "
-                                   f"{target}: the features may have collapsed (try a lower train.lr)")
-            final_row = self.metrics_row(FINAL_PERIOD_NAME, labels, data.labels)
-            final_row["seconds"] = time.time() - t0
+            labels, final_row, final_features = self.final_stage(model, images, labels, period, target, data)
             rows.append(final_row)
-            self.reporter.period(final_row)
-            self.run_dir.write_metrics(rows)
-            self.run_dir.write_assignments(labels, data.paths, data.labels)
+            montage = self.write_final(rows, labels, data)
             if self.main:
-                montage = make_montage(data.images, labels, data.labels)
-                atomic_write_bytes(self.run_dir.file(MONTAGE), png_bytes(montage))
                 tb.final(period, final_row, montage, final_features, labels, data.labels, data.images)
+        summary = self.summary(data, labels, rows, final_row, time.time() - loop_start)
+        self.run_dir.write_json(SUMMARY, summary)
+        self.reporter.table(rows, summary)
+        distributed.barrier()  # every rank returns once rank 0's run directory is complete
+        return RunResult(labels=labels, summary=summary, metrics=rows, model=model)
+
+    # -- the final stage and the outputs ------------------------------------------------------
+    def final_stage(self, model: nn.Module | None, images: torch.Tensor, labels: np.ndarray | None, period: int,
+                    target: int, data: Dataset) -> tuple[np.ndarray, dict[str, Any], torch.Tensor]:
+        """The clusterer's final stage on the final features: (labels, the "final" metrics row, features)."""
+        t0 = time.time()
+        features = self.raw_features(images) if model is None else self.features(
+            model, images, period, refresh_bn=self.train["final_bn"] == "refresh")
+        self.check_finite(features, period)
+        final_features = self.plugins.affinity.prepare(features)
+        self.reporter.bar("merges", 1, "final stage")
+        labels = distributed.on_main(lambda: contiguous(
+            self.plugins.clusterer.finalize(final_features, labels, self.context(period, target))))
+        self.reporter.hide("merges")
+        if int(labels.max()) + 1 < target:  # e.g. features collapsed to a few points: say so, don't hide it
+            self.reporter.warn(f"the final stage found {int(labels.max()) + 1} clusters, fewer than the target "
+                               f"{target}: the features may have collapsed (try a lower train.lr)")
+        final_row = self.metrics_row(FINAL_PERIOD_NAME, labels, data.labels)
+        final_row["seconds"] = time.time() - t0
+        self.reporter.period(final_row)
+        return labels, final_row, final_features
+
+    def write_final(self, rows: list[dict], labels: np.ndarray, data: Dataset) -> np.ndarray | None:
+        """metrics.jsonl, assignments.csv and montage.png of a finished run; returns the montage."""
+        self.run_dir.write_metrics(rows)
+        self.run_dir.write_assignments(labels, data.paths, data.labels)
+        if not self.main:
+            return None
+        montage = make_montage(data.images, labels, data.labels)
+        atomic_write_bytes(self.run_dir.file(MONTAGE), png_bytes(montage))
+        return montage
+
+    def summary(self, data: Dataset, labels: np.ndarray, rows: list[dict], final_row: dict,
+                seconds: float) -> dict[str, Any]:
         summary = {
             **{k: final_row[k] for k in ("nmi", "acc", "ari") if k in final_row},
             "n_clusters": int(labels.max()) + 1,
             "n_samples": data.n,
             "periods": sum(1 for r in rows if r["period"] != FINAL_PERIOD_NAME),
-            "seconds": time.time() - loop_start,
+            "seconds": seconds,
             "device": str(self.device) if self.device.type == "cpu" else torch.cuda.get_device_name(self.device),
             "dataset": data.name,
             "data_source": data.source,
             "recipe_name": self.recipe_name,
             "recipe": self.recipe,
-            "versions": {"julekit": __version__, "torch": torch.__version__, "python": platform.python_version()},
+            "versions": versions(),
         }
         if data.skipped:
             summary["skipped_files"] = data.skipped
-        self.run_dir.write_json(SUMMARY, summary)
-        self.reporter.table(rows, summary)
-        distributed.barrier()  # every rank returns once rank 0's run directory is complete
-        return RunResult(labels=labels, summary=summary, metrics=rows, model=model)
+        return summary

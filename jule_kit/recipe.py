@@ -18,6 +18,7 @@ import yaml
 
 from .errors import RecipeError
 from .hookspecs import KINDS
+from .paths import shipped_recipe
 from .registry import Registry, Setting, _coerce, _type_name, get_registry
 
 
@@ -84,6 +85,8 @@ TOP_LEVEL = {
     "clusters": "target number of clusters (default: the dataset's number of classes)",
     "seed": "random seed",
     "device": "auto, cpu or cuda",
+    "deterministic": "true: bit-for-bit repeatable runs for a seed on the CPU, whatever the thread count (PyTorch's "
+    "deterministic kernels; on CUDA with deterministic cuBLAS/cuDNN); false: PyTorch's default kernels",
     "train": "the backward pass schedule",
     **{k: f"the {k} plugin: a name or a mapping with name and settings" for k in KINDS},
 }
@@ -151,6 +154,8 @@ def _as_plugin(value: Any, kind: str | None = None, registry: Registry | None = 
 
     A ``name:value`` shorthand (``backbone: timm:resnet18``) becomes ``{"name": name, S: value}``
     where S is the plugin class's ``shorthand_setting`` (timm: ``model``), looked up in the registry.
+    A name may start with its distribution (``linkage: julekit:gdl``, ``julekit:timm:resnet18``):
+    that chooses between distributions registering the same name.
     """
     if isinstance(value, str):
         if ":" in value and kind is not None:
@@ -160,8 +165,14 @@ def _as_plugin(value: Any, kind: str | None = None, registry: Registry | None = 
 
 
 def _expand_shorthand(kind: str, text: str, registry: Registry | None = None) -> dict:
-    name, arg = (part.strip() for part in text.split(":", 1))
-    info = (registry or get_registry()).get(kind, name, where=kind)
+    registry = registry or get_registry()
+    name, _, arg = (part.strip() for part in text.partition(":"))
+    if registry.is_distribution(name):  # "julekit:gdl": the distribution's plugin, maybe with its own shorthand
+        plugin, sep, arg = (part.strip() for part in arg.partition(":"))
+        name = f"{name}:{plugin}"
+        if not sep:
+            return {"name": name}
+    info = registry.get(kind, name, where=kind)
     setting = getattr(info.cls, "shorthand_setting", None)
     if not setting or setting not in info.settings:
         raise RecipeError(
@@ -215,7 +226,12 @@ def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
         raise RecipeError(f"{path}: extends: expected a path to a base recipe, got {base!r}")
     base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
     if not _exists(base_path):
-        raise RecipeError(f"{path}: extends: base recipe {base!r} not found (looked at {base_path})")
+        # a bare name such as _jule.yaml also means the shipped base, so a copied recipe keeps working
+        shipped = shipped_recipe(base)
+        if shipped is None:
+            raise RecipeError(f"{path}: extends: base recipe {base!r} not found (looked at {base_path} "
+                              f"and the shipped recipes)")
+        base_path = shipped
     return merge_recipes(load_raw(base_path, _seen + (resolved,)), data)
 
 
@@ -333,7 +349,7 @@ def validate(raw: dict, source: str = "recipe", registry: Registry | None = None
     if d["channels"] not in (None, 1, 3):
         raise RecipeError(f"{source}: data.channels: expected 1 or 3, got {d['channels']!r}")
     for key, tp, default in (("clusters", int | None, None), ("seed", int, 0),
-                             ("device", Literal["auto", "cpu", "cuda"], "auto")):
+                             ("device", Literal["auto", "cpu", "cuda"], "auto"), ("deterministic", bool, True)):
         value = raw.get(key, default)
         ok, value = _coerce(tp, value)
         if not ok:

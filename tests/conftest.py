@@ -41,14 +41,21 @@ def usps_subset(data_dir: Path, tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread: float sums in the same order every time, so reruns agree bit for bit.
-
-    (With several threads, reductions can split differently under load and flip a merge.)"""
+@pytest.fixture(params=["default", "2"], ids=["default-threads", "2-threads"])
+def threads(request):
+    """Reruns must agree bit for bit with the machine's default torch threads and with an explicit 2."""
     import torch
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    before = torch.get_num_threads()
+    if request.param != "default":
+        torch.set_num_threads(int(request.param))
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def thread_env(threads: str) -> dict[str, str]:
+    """The environment of a child process with the default threads, or OMP_NUM_THREADS=threads."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    if threads != "default":
+        env["OMP_NUM_THREADS"] = threads
+    return env

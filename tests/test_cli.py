@@ -95,19 +95,25 @@ def test_third_party_plugin_is_listed_and_runs_from_a_recipe(tmp_path, data_dir)
     assert "single_link" in {r["name"] for r in json.loads(shown.stdout)}
 
 
-def test_broken_plugin_names_its_distribution(tmp_path):
-    pkg = tmp_path / "src"
-    (pkg / "broken_plugin").mkdir(parents=True)
-    (pkg / "broken_plugin" / "__init__.py").write_text("import not_a_module_anywhere\n")
+def install_plugin_module(target: Path, distribution: str, module: str, source: str) -> Path:
+    """pip-install a one-module plugin distribution (entry point = the module) into ``target/site``."""
+    pkg = target / "src"
+    (pkg / module).mkdir(parents=True)
+    (pkg / module / "__init__.py").write_text(source)
     (pkg / "pyproject.toml").write_text(
         '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
-        '[project]\nname = "julekit-broken"\nversion = "1.0"\n'
-        '[project.entry-points.julekit]\nbroken = "broken_plugin"\n'
-        '[tool.setuptools]\npackages = ["broken_plugin"]\n'
+        f'[project]\nname = "{distribution}"\nversion = "1.0"\n'
+        f'[project.entry-points.julekit]\n{module} = "{module}"\n'
+        f'[tool.setuptools]\npackages = ["{module}"]\n'
     )
-    site = tmp_path / "site"
+    site = target / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
                     str(site), str(pkg)], check=True, capture_output=True)
+    return site
+
+
+def test_broken_plugin_names_its_distribution(tmp_path):
+    site = install_plugin_module(tmp_path, "julekit-broken", "broken_plugin", "import not_a_module_anywhere\n")
     result = _julekit(["plugins"], site)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -242,7 +248,7 @@ def test_ac_gdl_coil20_reaches_paper_nmi(runner, data_dir, tmp_path):
     assert summary["nmi"] >= 0.93  # the paper's AC-GDL: 0.937
 
 
-def test_jule_run_writes_summary_and_rerunnable_recipe(runner, usps_subset, tmp_path, one_thread):
+def test_jule_run_writes_summary_and_rerunnable_recipe(runner, usps_subset, tmp_path, threads):
     out = tmp_path / "jule"
     args = ["run", str(RECIPES / "jule_usps.yaml"), "--set", f"data={usps_subset}", "--set", "train.epochs=1",
             "--out", str(out), "--device", "cpu", "--seed", "1"]

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import thread_env
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 REPO = Path(__file__).resolve().parent.parent
-# one thread per process: bitwise-repeatable float sums, and two runs share 2 cores without contention
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+ENV = thread_env("default")  # the machine's default threads, as a user runs it
 POLL = 0.05  # seconds between looks at the checkpoint; the period after it takes over a second
 
 
-def start(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "jule_kit.cli", "run", *args], cwd=REPO, env=ENV,
+def start(*args: str, env: dict[str, str] = ENV, command: str = "run") -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "jule_kit.cli", command, *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -47,10 +47,12 @@ def wait_for_checkpoint(proc: subprocess.Popen, path: Path, min_period: int, tim
     raise AssertionError(f"no checkpoint of period {min_period} after {timeout} s")
 
 
-def test_killed_run_resumes_to_the_same_result(usps_subset, tmp_path):
+@pytest.mark.parametrize("threads", ["default", "2"], ids=["default-threads", "2-threads"])
+def test_killed_run_resumes_to_the_same_result(usps_subset, tmp_path, threads):
+    env = thread_env(threads)
     killed, whole = tmp_path / "killed", tmp_path / "whole"
-    reference = start(*run_args(usps_subset, whole))  # alongside, on the other core
-    proc = start(*run_args(usps_subset, killed))
+    reference = start(*run_args(usps_subset, whole), env=env)  # alongside: both share the cores
+    proc = start(*run_args(usps_subset, killed), env=env)
     state = wait_for_checkpoint(proc, killed / "checkpoint.pt", min_period=1)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate()
@@ -58,7 +60,7 @@ def test_killed_run_resumes_to_the_same_result(usps_subset, tmp_path):
     assert not (killed / "summary.json").exists(), "the run finished before the kill; make its periods longer"
 
     resumed = subprocess.run([sys.executable, "-m", "jule_kit.cli", "run", "--resume", str(killed), "--quiet"],
-                             cwd=REPO, env=ENV, capture_output=True, text=True)
+                             cwd=REPO, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     out, err = reference.communicate(timeout=300)
     assert reference.returncode == 0, err

@@ -47,13 +47,17 @@ class Agglomerative:
         "eta": "unrolling rate: fraction of the period's clusters merged per period (paper: 0.9, faces 0.2)",
         "k_c": "nearest neighbour clusters in the merge criterion (paper: 5; 1 = merge the max-affinity pair)",
         "lam": "weight λ of the local-structure term (paper: 1)",
-        "kc_min_clusters": "use the K_c term only while there are more clusters than this (the Torch code: 100)",
+        "kc_min_clusters": "use the K_c term only while there are more clusters than this (the Torch code: 100; "
+        "0: at every size, as the paper writes it)",
         "merge_first_period": "merge in the first period too (JULE: no, the first period only initialises)",
         "final": "final stage: rc (re-cluster from the initial clusters on the final features) or sf (keep the labels)",
         "disconnected": "when no two clusters are linked any more: centroid (merge the smallest cluster into the "
         "nearest centroid, as the Torch code absorbs isolated clusters) or double_k (rebuild the graph with 2 K_s, "
         "as the Caffe code)",
         "max_k_s": "largest K_s tried by disconnected: double_k",
+        "absorb_isolated_above": "at the start of each period, while there are more than this many clusters per "
+        "target cluster, merge every cluster with no affinity to any other into the one with the nearest centroid "
+        "(the Torch code: 20); null: never",
     }
 
     def __init__(
@@ -62,11 +66,12 @@ class Agglomerative:
         eta: float = 0.9,
         k_c: int = 5,
         lam: float = 1.0,
-        kc_min_clusters: int = 0,
+        kc_min_clusters: int = 100,
         merge_first_period: bool = False,
         final: Literal["rc", "sf"] = "rc",
         disconnected: Literal["centroid", "double_k"] = "centroid",
         max_k_s: int = 640,
+        absorb_isolated_above: int | None = 20,
     ) -> None:
         if not 0 < eta <= 1:
             raise ValueError(f"eta must be in (0, 1], got {eta}")
@@ -75,17 +80,19 @@ class Agglomerative:
         self.eta, self.k_c, self.lam = eta, k_c, lam
         self.kc_min_clusters, self.merge_first_period = kc_min_clusters, merge_first_period
         self.final, self.disconnected, self.max_k_s = final, disconnected, max_k_s
+        if absorb_isolated_above is not None and absorb_isolated_above < 1:
+            raise ValueError(f"absorb_isolated_above must be >= 1 or null, got {absorb_isolated_above}")
+        self.absorb_isolated_above = absorb_isolated_above
 
     # -- the Clusterer protocol -----------------------------------------------------------
     def forward(self, features: torch.Tensor, labels: np.ndarray | None, ctx: ForwardContext) -> np.ndarray:
         graph = ctx.build_graph(features)
+        self.last_stats = {}
         if labels is None:
             labels = contiguous(ctx.initializer.initial_labels(graph, features, ctx.n_target, ctx.seed))
             if not self.merge_first_period:
                 return labels
-        n_clusters = int(labels.max()) + 1
-        steps = min(math.ceil(self.eta * n_clusters), n_clusters - ctx.n_target)
-        return self.agglomerate(features, graph, labels, steps, ctx)
+        return self.period(features, graph, labels, ctx)
 
     def done(self, labels: np.ndarray, n_target: int) -> bool:
         return int(labels.max()) + 1 <= n_target
@@ -105,10 +112,49 @@ class Agglomerative:
             # else the final features have collapsed below the target (e.g. a too-high learning rate):
             # re-clustering cannot reach it, so continue from the joint loop's labels, as SF does
         while int(labels.max()) + 1 > ctx.n_target:
-            n_clusters = int(labels.max()) + 1
-            steps = min(math.ceil(self.eta * n_clusters), n_clusters - ctx.n_target)
-            labels = self.agglomerate(features, graph, labels, steps, ctx)
+            labels = self.period(features, graph, labels, ctx)
         return labels
+
+    def period(self, features: torch.Tensor, graph, labels: np.ndarray, ctx: ForwardContext) -> np.ndarray:
+        """One period's merges: isolated clusters absorbed, then ceil(η · clusters) greedy merges."""
+        labels = self.absorb_isolated(features, graph, labels, ctx)
+        n_clusters = int(labels.max()) + 1
+        steps = min(math.ceil(self.eta * n_clusters), n_clusters - ctx.n_target)
+        return self.agglomerate(features, graph, labels, steps, ctx)
+
+    def absorb_isolated(self, features: torch.Tensor, graph, labels: np.ndarray, ctx: ForwardContext) -> np.ndarray:
+        """Merge clusters that have no affinity to any other into the nearest centroid (the Torch code's
+        ``affinity.lua`` step), smallest first, while more than ``absorb_isolated_above`` × target remain.
+
+        No merge can ever reach such a cluster, so it would survive to the last steps and make the
+        greedy merges join two real classes instead."""
+        if self.absorb_isolated_above is None:
+            return labels
+        n_clusters = int(labels.max()) + 1
+        room = n_clusters - self.absorb_isolated_above * ctx.n_target
+        if room <= 0:
+            return labels
+        state = ctx.linkage.init(graph, labels)
+        isolated = np.array([c for c in state.clusters() if not any(v > 0 for v in state.affinities(c).values())],
+                            dtype=np.int64)
+        if len(isolated) == 0:
+            return labels
+        if len(isolated) == n_clusters:  # nothing is linked at all: the disconnected policy decides
+            return labels
+        sizes = np.bincount(labels, minlength=n_clusters)
+        isolated = isolated[np.lexsort((isolated, sizes[isolated]))][:room]  # smallest first, stable on ties
+        x = features.detach().double().cpu()
+        lab = torch.as_tensor(labels)
+        centroids = torch.zeros(n_clusters, x.shape[1], dtype=x.dtype).index_add_(0, lab, x)
+        centroids /= torch.as_tensor(sizes, dtype=x.dtype)[:, None]
+        keep = torch.ones(n_clusters, dtype=torch.bool)
+        keep[torch.as_tensor(isolated)] = False
+        dist = torch.cdist(centroids[torch.as_tensor(isolated)], centroids).masked_fill(~keep[None, :], torch.inf)
+        parent = np.arange(n_clusters)
+        parent[isolated] = dist.argmin(1).numpy()
+        stats = self.last_stats = getattr(self, "last_stats", {})
+        stats["absorbed_isolated"] = stats.get("absorbed_isolated", 0.0) + len(isolated)
+        return contiguous(parent[labels])
 
     # -- merging ------------------------------------------------------------------------
     def agglomerate(self, features, graph, labels: np.ndarray, steps: int, ctx: ForwardContext) -> np.ndarray:
