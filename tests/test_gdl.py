@@ -34,10 +34,10 @@ def dense_b(w: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return b
 
 
-def dense_a(w: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def dense_a(w: np.ndarray, labels: np.ndarray, middle: bool = False) -> np.ndarray:
     b = dense_b(w, labels)
     sizes = np.bincount(labels).astype(np.float64)
-    q = b / sizes[:, None] ** 2
+    q = b / sizes[None, :] ** 2 if middle else b / sizes[:, None] ** 2  # B(i→j)/|j|² or /|i|²
     a = q + q.T
     np.fill_diagonal(a, 0.0)
     return a
@@ -313,3 +313,21 @@ def test_fast_row_is_sum_of_rows(seed, n, d, k_s, n_clusters):
     for y in exact.clusters():
         if y != m_exact:
             assert exact.b[m_exact].get(y, 0.0) == pytest.approx(b1[ids[m_exact], ids[y]], abs=1e-12, rel=1e-9)
+
+
+@pytest.mark.parametrize("seed,n,d,k_s,n_clusters", CASES[:3])
+def test_middle_size_norm_matches_dense_after_every_merge(seed, n, d, k_s, n_clusters):
+    graph, _ = random_case(seed, n, d, k_s, n_clusters)
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, n_clusters, size=n)  # uneven sizes: the two norms differ only then
+    labels[:n_clusters] = np.arange(n_clusters)
+    w = graph.weights.toarray()
+    state = GDL(size_norm="middle").init(graph, labels)
+    assert_state_matches(state, dense_a(w, labels, middle=True), {c: c for c in range(n_clusters)})
+    assert not np.allclose(dense_a(w, labels, middle=True), dense_a(w, labels))  # the setting changes the table
+    while len(list(state.clusters())) > 3:
+        live = sorted(state.clusters())
+        a, b = rng.choice(live, size=2, replace=False)
+        state.merge(int(a), int(b))
+        now = contiguous(state.labels())
+        assert_state_matches(state, dense_a(w, now, middle=True), state_ids(state))

@@ -96,3 +96,55 @@ def test_ctrl_c_exits_130_with_a_resume_hint(usps_subset, tmp_path):
     assert not (out / "summary.json").exists()
     state = torch.load(out / "checkpoint.pt", weights_only=False)
     assert state["period"] >= 0 and "model" in state and "optimizer" in state
+
+
+def kill_when_checkpointed(proc: subprocess.Popen, checkpoint: Path, min_period: int = 1) -> None:
+    wait_for_checkpoint(proc, checkpoint, min_period=min_period)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_seeds_run_killed_in_its_second_seed_resumes_to_the_same_result(usps_subset, tmp_path):
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    reference = start(*run_args(usps_subset, whole), "--seeds", "2")
+    proc = start(*run_args(usps_subset, killed), "--seeds", "2")
+    kill_when_checkpointed(proc, killed / "seed1" / "checkpoint.pt")
+    assert (killed / "seed0" / "summary.json").exists() and not (killed / "seed1" / "summary.json").exists()
+
+    resumed = subprocess.run([sys.executable, "-m", "jule_kit.cli", "run", "--resume", str(killed)],
+                             cwd=REPO, env=ENV, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "reused" in resumed.stdout.split("seed 0: ")[1].splitlines()[0]  # the finished seed is not redone
+    out, err = reference.communicate(timeout=600)
+    assert reference.returncode == 0, err
+    for k in (0, 1):
+        assert (killed / f"seed{k}" / "assignments.csv").read_bytes() == \
+            (whole / f"seed{k}" / "assignments.csv").read_bytes()
+    got, want = (json.loads((d / "summary.json").read_text()) for d in (killed, whole))
+    assert [r["assignments_sha256"] for r in got["runs"]] == [r["assignments_sha256"] for r in want["runs"]]
+
+
+def test_ablation_interrupted_mid_variant_resumes_to_the_same_result(usps_subset, tmp_path):
+    def ablate_args(out: Path) -> list[str]:
+        words = ["--recipe", "recipes/jule_usps.yaml", "--linkage", "average", "--out", str(out)]
+        for item in run_args(usps_subset, out)[1:]:
+            if "=" in item:  # the --set values of run_args, applied to every variant
+                words += ["--set", item]
+        return words + ["--set", "device=cpu"]
+
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    reference = start(*ablate_args(whole), command="ablate")
+    proc = start(*ablate_args(killed), command="ablate")
+    variant = Path("jule_usps") / "linkage=average" / "seed0"
+    kill_when_checkpointed(proc, killed / variant / "checkpoint.pt")
+    assert (killed / "jule_usps" / "baseline" / "seed0" / "summary.json").exists()
+    assert not (killed / variant / "summary.json").exists()
+
+    again = subprocess.run([sys.executable, "-m", "jule_kit.cli", "ablate", *ablate_args(killed)],
+                           cwd=REPO, env=ENV, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    out, err = reference.communicate(timeout=600)
+    assert reference.returncode == 0, err
+    for run in ("jule_usps/baseline/seed0", str(variant)):
+        assert (killed / run / "assignments.csv").read_bytes() == (whole / run / "assignments.csv").read_bytes()

@@ -10,6 +10,11 @@ B(M→y) = B(a→y) + B(b→y) + X(y),  X(y) = Σ_{m∈y} d_in(m←a) d_out(m→
 X is computed from the smaller cluster's 2-hop neighbourhood only. ``update: fast``
 drops X, as the Torch code's default does (merged clusters look less attractive until
 the next period rebuilds the table).
+
+``size_norm: middle`` divides B(x→y) by |y|², the size of the cluster the 2-paths run
+through, instead of |x|² (a TensorFlow port of JULE does this): a tiny cluster then looks
+close to the large cluster its members point into, so outlier clusters are absorbed early
+instead of surviving to the last merges. Not the paper's GDL; offered for ablation.
 """
 from __future__ import annotations
 
@@ -37,15 +42,16 @@ def gdl_tables(weights: sp.csr_matrix, labels: np.ndarray) -> sp.csr_matrix:
 
 
 class GDLState(SparseClusterState):
-    def __init__(self, graph: Graph, labels: np.ndarray, exact: bool) -> None:
+    def __init__(self, graph: Graph, labels: np.ndarray, exact: bool, middle: bool = False) -> None:
         super().__init__(labels)
+        self.middle = middle
         self.w = graph.weights.tocsr()
         self.wt = self.w.T.tocsr()
         self.exact = exact
         b = gdl_tables(self.w, self._labels)
         self.b: dict[int, dict[int, float]] = dict_of_rows(b)
         sizes = np.array([self.size[c] for c in range(len(self.size))], dtype=np.float64)
-        q = sp.diags(1.0 / sizes**2) @ b  # B(i→j)/|i|²
+        q = b @ sp.diags(1.0 / sizes**2) if middle else sp.diags(1.0 / sizes**2) @ b  # B(i→j)/|j|² or /|i|²
         self.aff = dict_of_rows((q + q.T).tocsr())
 
     def _cross_terms(self, big: int, small: int) -> dict[int, float]:
@@ -101,7 +107,11 @@ class GDLState(SparseClusterState):
         self.aff[big] = {}
         inv_m = 1.0 / self.size[big] ** 2
         for y in neighbours:
-            self._set_aff(big, y, row.get(y, 0.0) * inv_m + self.b[y].get(big, 0.0) / self.size[y] ** 2)
+            inv_y = 1.0 / self.size[y] ** 2
+            if self.middle:  # B(M→y)/|y|² + B(y→M)/|M|²
+                self._set_aff(big, y, row.get(y, 0.0) * inv_y + self.b[y].get(big, 0.0) * inv_m)
+            else:  # B(M→y)/|M|² + B(y→M)/|y|²
+                self._set_aff(big, y, row.get(y, 0.0) * inv_m + self.b[y].get(big, 0.0) * inv_y)
         return big, neighbours | {big}
 
 
@@ -111,13 +121,16 @@ class GDL:
     summary = "Graph degree linkage on the sparse kNN graph, exact local updates (no N×N or C×C matrix)"
     settings_help = {
         "update": "exact (default), or fast: drop the cross term on merges as the Torch code does",
+        "size_norm": "source: B(i→j)/|C_i|² (the paper's GDL); middle: B(i→j)/|C_j|², the size of the cluster "
+        "the paths run through (a TensorFlow port of JULE)",
     }
 
-    def __init__(self, *, update: Literal["exact", "fast"] = "exact") -> None:
-        self.update = update
+    def __init__(self, *, update: Literal["exact", "fast"] = "exact",
+                 size_norm: Literal["source", "middle"] = "source") -> None:
+        self.update, self.size_norm = update, size_norm
 
     def init(self, graph: Graph, labels: np.ndarray) -> GDLState:
-        return GDLState(graph, labels, exact=self.update == "exact")
+        return GDLState(graph, labels, exact=self.update == "exact", middle=self.size_norm == "middle")
 
 
 @hookimpl
