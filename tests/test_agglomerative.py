@@ -319,3 +319,37 @@ def test_rc_on_collapsed_features_still_reaches_the_target():
     assert all(len(np.unique(labels[previous == c])) == 1 for c in range(12))
     # with no labels to continue from, it merges up from single samples
     assert Agglomerative(final="rc").finalize(f, None, ctx).max() + 1 == 10
+
+
+def isolated_case():
+    """Three overlapping blobs of 30 points (linked to each other by the kNN graph) and two outliers
+    that are each other's nearest neighbour and nobody else's: their cluster has no affinity to any
+    other cluster (no 2-path comes back to it)."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [1.5, 0.0], [0.75, 1.3]])
+    blobs = np.concatenate([c + rng.normal(scale=0.5, size=(30, 2)) for c in centres])
+    outliers = np.array([[5.0, 5.0], [5.2, 5.1]])
+    x = torch.from_numpy(np.concatenate([blobs, outliers]).astype(np.float32))
+    labels = np.concatenate([np.repeat(np.arange(3), 30), [3, 3]]).astype(np.int64)
+    return x, labels
+
+
+@pytest.mark.parametrize("above, absorbed", [(1, True), (2, False), (None, False)])
+def test_isolated_clusters_are_absorbed_into_the_nearest_centroid_while_many_remain(above, absorbed):
+    x, labels = isolated_case()
+    aff = KnnGaussian(k_s=5, normalize="none")
+    ctx = make_ctx(aff, n_target=2)
+    graph = aff.build(x)
+    state = GDL().init(graph, labels)
+    assert dict(state.affinities(3)) == {}, "the outlier pair must be isolated for this test"
+    assert all(state.affinities(c) for c in range(3)), "the blobs must be linked to each other"
+    clusterer = Agglomerative(absorb_isolated_above=above)
+    out = clusterer.absorb_isolated(x, graph, labels, ctx)  # 4 clusters: > 1·2 but not > 2·2
+    if not absorbed:
+        assert np.array_equal(out, labels)
+        return
+    centroids = np.stack([x.numpy()[labels == c].mean(0) for c in range(3)])
+    nearest = int(np.argmin(((centroids - x.numpy()[labels == 3].mean(0)) ** 2).sum(1)))
+    assert out.max() == 2 and np.array_equal(out[:90], labels[:90])
+    assert set(out[90:]) == {nearest}
+    assert clusterer.last_stats["absorbed_isolated"] == 1
