@@ -35,6 +35,9 @@ VARIANTS: dict[str, list[str]] = {
     "renorm": ["affinity.normalize=renorm"],
     "average": ["linkage=average"],
     "eta_1": ["clusterer.eta=1.0"],
+    "outliers_1pct": ["clusterer.final_outlier_fraction=0.01"],
+    "outliers_5pct": ["clusterer.final_outlier_fraction=0.05"],
+    "outliers_1pct_kc_all": ["clusterer.final_outlier_fraction=0.01", "clusterer.kc_min_clusters=0"],
 }
 
 

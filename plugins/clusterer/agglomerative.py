@@ -39,6 +39,21 @@ def best_neighbour(aff) -> int:
     return min(aff.items(), key=lambda kv: (-kv[1], kv[0]))[0]
 
 
+def join_nearest_centroid(features: torch.Tensor, labels: np.ndarray, movers: np.ndarray) -> np.ndarray:
+    """Merge each cluster in ``movers`` into the cluster (not a mover) with the nearest centroid."""
+    n_clusters = int(labels.max()) + 1
+    x = features.detach().double().cpu()
+    sizes = torch.bincount(torch.as_tensor(labels), minlength=n_clusters).double()
+    centroids = torch.zeros(n_clusters, x.shape[1], dtype=x.dtype).index_add_(0, torch.as_tensor(labels), x)
+    centroids /= sizes[:, None]
+    stays = torch.ones(n_clusters, dtype=torch.bool)
+    stays[torch.as_tensor(movers)] = False
+    dist = torch.cdist(centroids[torch.as_tensor(movers)], centroids).masked_fill(~stays[None, :], torch.inf)
+    parent = np.arange(n_clusters)
+    parent[movers] = dist.argmin(1).numpy()
+    return contiguous(parent[labels])
+
+
 class Agglomerative:
     kind = "clusterer"
     name = "agglomerative"
@@ -58,6 +73,9 @@ class Agglomerative:
         "absorb_isolated_above": "at the start of each period, while there are more than this many clusters per "
         "target cluster, merge every cluster with no affinity to any other into the one with the nearest centroid "
         "(the Torch code: 20); null: never",
+        "final_outlier_fraction": "final stage: clusters smaller than this fraction of the mean class size N/K do "
+        "not count towards the target; the last period is redone to stop at K larger clusters, and each smaller "
+        "one then joins the nearest centroid (0: off, as the Torch code)",
     }
 
     def __init__(
@@ -72,6 +90,7 @@ class Agglomerative:
         disconnected: Literal["centroid", "double_k"] = "centroid",
         max_k_s: int = 640,
         absorb_isolated_above: int | None = 20,
+        final_outlier_fraction: float = 0.0,
     ) -> None:
         if not 0 < eta <= 1:
             raise ValueError(f"eta must be in (0, 1], got {eta}")
@@ -83,6 +102,9 @@ class Agglomerative:
         if absorb_isolated_above is not None and absorb_isolated_above < 1:
             raise ValueError(f"absorb_isolated_above must be >= 1 or null, got {absorb_isolated_above}")
         self.absorb_isolated_above = absorb_isolated_above
+        if not 0 <= final_outlier_fraction < 1:
+            raise ValueError(f"final_outlier_fraction must be in [0, 1), got {final_outlier_fraction}")
+        self.final_outlier_fraction = final_outlier_fraction
 
     # -- the Clusterer protocol -----------------------------------------------------------
     def forward(self, features: torch.Tensor, labels: np.ndarray | None, ctx: ForwardContext) -> np.ndarray:
@@ -111,16 +133,43 @@ class Agglomerative:
                 labels = np.arange(len(fresh), dtype=np.int64)  # nothing to continue from: merge up from samples
             # else the final features have collapsed below the target (e.g. a too-high learning rate):
             # re-clustering cannot reach it, so continue from the joint loop's labels, as SF does
+        before = labels
         while int(labels.max()) + 1 > ctx.n_target:
-            labels = self.period(features, graph, labels, ctx)
+            before, labels = labels, self.period(features, graph, labels, ctx)
+        if self.final_outlier_fraction > 0:
+            labels = self.set_outliers_aside(features, graph, before, labels, ctx)
         return labels
 
-    def period(self, features: torch.Tensor, graph, labels: np.ndarray, ctx: ForwardContext) -> np.ndarray:
-        """One period's merges: isolated clusters absorbed, then ceil(η · clusters) greedy merges."""
+    def period(self, features: torch.Tensor, graph, labels: np.ndarray, ctx: ForwardContext,
+               target: int | None = None) -> np.ndarray:
+        """One period's merges: isolated clusters absorbed, then ceil(η · clusters) greedy merges
+        (never below ``target``, by default the target number of clusters)."""
         labels = self.absorb_isolated(features, graph, labels, ctx)
         n_clusters = int(labels.max()) + 1
-        steps = min(math.ceil(self.eta * n_clusters), n_clusters - ctx.n_target)
-        return self.agglomerate(features, graph, labels, steps, ctx)
+        steps = min(math.ceil(self.eta * n_clusters), n_clusters - (ctx.n_target if target is None else target))
+        return self.agglomerate(features, graph, labels, steps, ctx) if steps > 0 else labels
+
+    def set_outliers_aside(self, features: torch.Tensor, graph, before: np.ndarray, labels: np.ndarray,
+                           ctx: ForwardContext) -> np.ndarray:
+        """Redo the last period so that it stops at K clusters of at least the outlier size, then let
+        each smaller cluster join the nearest centroid.
+
+        A handful of samples that no other sample has among its neighbours forms a cluster with
+        (almost) no affinity to any other; the greedy merges never reach it, and the last merges
+        join two real classes instead of absorbing it."""
+        min_size = self.final_outlier_fraction * len(labels) / ctx.n_target
+        for _ in range(8):  # the small clusters of a redone period may differ; a few tries settle it
+            sizes = np.bincount(labels)
+            small = np.flatnonzero(sizes < min_size)
+            if len(small) == 0 or len(sizes) - len(small) == ctx.n_target:
+                break
+            labels = self.period(features, graph, before, ctx, target=ctx.n_target + len(small))
+        sizes = np.bincount(labels)
+        small = np.flatnonzero(sizes < min_size)
+        if len(small) == 0 or len(sizes) - len(small) < ctx.n_target:
+            return labels  # nothing set aside, or no redo found K larger clusters: keep the plain result
+        self.last_stats["final_outliers"] = float(sizes[small].sum())
+        return join_nearest_centroid(features, labels, small)
 
     def absorb_isolated(self, features: torch.Tensor, graph, labels: np.ndarray, ctx: ForwardContext) -> np.ndarray:
         """Merge clusters that have no affinity to any other into the nearest centroid (the Torch code's
@@ -143,18 +192,9 @@ class Agglomerative:
             return labels
         sizes = np.bincount(labels, minlength=n_clusters)
         isolated = isolated[np.lexsort((isolated, sizes[isolated]))][:room]  # smallest first, stable on ties
-        x = features.detach().double().cpu()
-        lab = torch.as_tensor(labels)
-        centroids = torch.zeros(n_clusters, x.shape[1], dtype=x.dtype).index_add_(0, lab, x)
-        centroids /= torch.as_tensor(sizes, dtype=x.dtype)[:, None]
-        keep = torch.ones(n_clusters, dtype=torch.bool)
-        keep[torch.as_tensor(isolated)] = False
-        dist = torch.cdist(centroids[torch.as_tensor(isolated)], centroids).masked_fill(~keep[None, :], torch.inf)
-        parent = np.arange(n_clusters)
-        parent[isolated] = dist.argmin(1).numpy()
         stats = self.last_stats = getattr(self, "last_stats", {})
         stats["absorbed_isolated"] = stats.get("absorbed_isolated", 0.0) + len(isolated)
-        return contiguous(parent[labels])
+        return join_nearest_centroid(features, labels, isolated)
 
     # -- merging ------------------------------------------------------------------------
     def agglomerate(self, features, graph, labels: np.ndarray, steps: int, ctx: ForwardContext) -> np.ndarray:
