@@ -353,3 +353,28 @@ def test_isolated_clusters_are_absorbed_into_the_nearest_centroid_while_many_rem
     assert out.max() == 2 and np.array_equal(out[:90], labels[:90])
     assert set(out[90:]) == {nearest}
     assert clusterer.last_stats["absorbed_isolated"] == 1
+
+
+def two_linked_blobs_and_an_outlier_pair():
+    """Two blobs of 40 points linked by the kNN graph, and two far images that are each other's nearest
+    neighbour and nobody else's (the failing final stages on USPS end with such a cluster)."""
+    rng = np.random.default_rng(0)
+    blobs = np.concatenate([c + rng.normal(scale=0.5, size=(40, 2)) for c in np.array([[0.0, 0.0], [2.5, 0.0]])])
+    x = torch.from_numpy(np.concatenate([blobs, [[1.0, 6.0], [1.2, 6.1]]]).astype(np.float32))
+    return x, np.repeat(np.arange(2), 40)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.05])
+def test_final_stage_sets_outlier_clusters_aside_instead_of_joining_two_classes(fraction):
+    x, truth = two_linked_blobs_and_an_outlier_pair()
+    aff = KnnGaussian(k_s=5, normalize="none")
+    clusterer = Agglomerative(final_outlier_fraction=fraction, absorb_isolated_above=None)
+    labels = clusterer.finalize(x, None, make_ctx(aff, n_target=2))
+    assert labels.max() + 1 == 2
+    blobs = labels[:80]
+    if fraction == 0:  # the greedy merges cannot reach the outlier pair: the two blobs share a cluster
+        assert len(set(blobs)) == 1 and set(labels[80:]) != set(blobs)
+    else:  # 2 images < 0.05 · 82 / 2: set aside, they join the nearest blob, and the blobs stay apart
+        assert nmi(truth, blobs) > 0.9
+        assert set(labels[80:]) <= set(blobs)
+        assert clusterer.last_stats["final_outliers"] == 2
