@@ -66,3 +66,13 @@ def test_growth_quick(data_dir: Path, tmp_path: Path) -> None:
         assert r["n_clusters"] == 10
     assert math.isfinite(report["slopes"]["mnist_seconds"])
     assert out_png.stat().st_size > 10_000 and out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_determinism_cost_quick(tmp_path: Path) -> None:
+    out_json = tmp_path / "det.json"
+    stdout = run(["bench/determinism_cost.py", "--quick", "--json", str(out_json)])
+    assert re.search(r"^quickstart_digits: deterministic on [0-9.]+ s, off [0-9.]+ s .* -> on/off [0-9.]+", stdout,
+                     flags=re.M), stdout
+    report = json.loads(out_json.read_text())["quickstart_digits"]
+    assert len(report["seconds_on"]) == len(report["seconds_off"]) == 1 and report["ratio_on_off"] > 0
+    assert all(len(h) == 16 for h in report["hashes_on"] + report["hashes_off"])
