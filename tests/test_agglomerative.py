@@ -344,7 +344,7 @@ def test_isolated_clusters_are_absorbed_into_the_nearest_centroid_while_many_rem
     assert dict(state.affinities(3)) == {}, "the outlier pair must be isolated for this test"
     assert all(state.affinities(c) for c in range(3)), "the blobs must be linked to each other"
     clusterer = Agglomerative(absorb_isolated_above=above)
-    out = clusterer.absorb_isolated(x, graph, labels, ctx)  # 4 clusters: > 1·2 but not > 2·2
+    out, _ = clusterer.absorb_isolated(x, graph, labels, ctx)  # 4 clusters: > 1·2 but not > 2·2
     if not absorbed:
         assert np.array_equal(out, labels)
         return

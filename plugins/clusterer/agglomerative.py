@@ -39,13 +39,20 @@ def best_neighbour(aff) -> int:
     return min(aff.items(), key=lambda kv: (-kv[1], kv[0]))[0]
 
 
+def cluster_centroids(features: torch.Tensor, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(centroids, sizes) of contiguous ``labels``, in float64 on the CPU."""
+    x = features.detach().double().cpu()
+    lab = torch.as_tensor(labels)
+    n_clusters = int(lab.max()) + 1
+    sizes = torch.bincount(lab, minlength=n_clusters).double()
+    centroids = torch.zeros(n_clusters, x.shape[1], dtype=x.dtype).index_add_(0, lab, x) / sizes[:, None]
+    return centroids, sizes
+
+
 def join_nearest_centroid(features: torch.Tensor, labels: np.ndarray, movers: np.ndarray) -> np.ndarray:
     """Merge each cluster in ``movers`` into the cluster (not a mover) with the nearest centroid."""
-    n_clusters = int(labels.max()) + 1
-    x = features.detach().double().cpu()
-    sizes = torch.bincount(torch.as_tensor(labels), minlength=n_clusters).double()
-    centroids = torch.zeros(n_clusters, x.shape[1], dtype=x.dtype).index_add_(0, torch.as_tensor(labels), x)
-    centroids /= sizes[:, None]
+    centroids, _ = cluster_centroids(features, labels)
+    n_clusters = len(centroids)
     stays = torch.ones(n_clusters, dtype=torch.bool)
     stays[torch.as_tensor(movers)] = False
     dist = torch.cdist(centroids[torch.as_tensor(movers)], centroids).masked_fill(~stays[None, :], torch.inf)
@@ -144,10 +151,10 @@ class Agglomerative:
                target: int | None = None) -> np.ndarray:
         """One period's merges: isolated clusters absorbed, then ceil(η · clusters) greedy merges
         (never below ``target``, by default the target number of clusters)."""
-        labels = self.absorb_isolated(features, graph, labels, ctx)
+        labels, state = self.absorb_isolated(features, graph, labels, ctx)
         n_clusters = int(labels.max()) + 1
         steps = min(math.ceil(self.eta * n_clusters), n_clusters - (ctx.n_target if target is None else target))
-        return self.agglomerate(features, graph, labels, steps, ctx) if steps > 0 else labels
+        return self.agglomerate(features, graph, labels, steps, ctx, state) if steps > 0 else labels
 
     def set_outliers_aside(self, features: torch.Tensor, graph, before: np.ndarray, labels: np.ndarray,
                            ctx: ForwardContext) -> np.ndarray:
@@ -171,35 +178,39 @@ class Agglomerative:
         self.last_stats["final_outliers"] = float(sizes[small].sum())
         return join_nearest_centroid(features, labels, small)
 
-    def absorb_isolated(self, features: torch.Tensor, graph, labels: np.ndarray, ctx: ForwardContext) -> np.ndarray:
+    def absorb_isolated(self, features: torch.Tensor, graph, labels: np.ndarray,
+                        ctx: ForwardContext) -> tuple[np.ndarray, LinkageState | None]:
         """Merge clusters that have no affinity to any other into the nearest centroid (the Torch code's
         ``affinity.lua`` step), smallest first, while more than ``absorb_isolated_above`` × target remain.
 
         No merge can ever reach such a cluster, so it would survive to the last steps and make the
-        greedy merges join two real classes instead."""
+        greedy merges join two real classes instead. Returns the labels and, when they did not change,
+        the cluster table built to look (the merges start from it)."""
         if self.absorb_isolated_above is None:
-            return labels
+            return labels, None
         n_clusters = int(labels.max()) + 1
         room = n_clusters - self.absorb_isolated_above * ctx.n_target
         if room <= 0:
-            return labels
+            return labels, None
         state = ctx.linkage.init(graph, labels)
         isolated = np.array([c for c in state.clusters() if not any(v > 0 for v in state.affinities(c).values())],
                             dtype=np.int64)
         if len(isolated) == 0:
-            return labels
+            return labels, state
         if len(isolated) == n_clusters:  # nothing is linked at all: the disconnected policy decides
-            return labels
+            return labels, state
         sizes = np.bincount(labels, minlength=n_clusters)
         isolated = isolated[np.lexsort((isolated, sizes[isolated]))][:room]  # smallest first, stable on ties
         stats = self.last_stats = getattr(self, "last_stats", {})
         stats["absorbed_isolated"] = stats.get("absorbed_isolated", 0.0) + len(isolated)
-        return join_nearest_centroid(features, labels, isolated)
+        return join_nearest_centroid(features, labels, isolated), None
 
     # -- merging ------------------------------------------------------------------------
-    def agglomerate(self, features, graph, labels: np.ndarray, steps: int, ctx: ForwardContext) -> np.ndarray:
-        """Perform ``steps`` merges starting from ``labels``; return contiguous labels."""
-        state = ctx.linkage.init(graph, labels)
+    def agglomerate(self, features, graph, labels: np.ndarray, steps: int, ctx: ForwardContext,
+                    state: LinkageState | None = None) -> np.ndarray:
+        """Perform ``steps`` merges starting from ``labels`` (``state``: their table, if already built);
+        return contiguous labels."""
+        state = ctx.linkage.init(graph, labels) if state is None else state
         done = 0
         while done < steps:
             done += self._merge_steps(state, steps - done, ctx, done, steps)
@@ -225,11 +236,8 @@ class Agglomerative:
         Used when no two clusters are linked by the graph any more (the Torch code absorbs
         such isolated clusters by centroid distance too); cheap, as few clusters remain.
         """
-        x = features.detach().double().cpu()
-        lab = torch.as_tensor(labels)
-        n_clusters = int(lab.max()) + 1
-        sizes = torch.bincount(lab, minlength=n_clusters).double()
-        centroids = torch.zeros(n_clusters, x.shape[1], dtype=x.dtype).index_add_(0, lab, x) / sizes[:, None]
+        centroids, sizes = cluster_centroids(features, labels)
+        n_clusters = len(centroids)
         parent = np.arange(n_clusters)
         alive = torch.ones(n_clusters, dtype=torch.bool)
         for _ in range(steps):
