@@ -85,7 +85,7 @@ TOP_LEVEL = {
     "clusters": "target number of clusters (default: the dataset's number of classes)",
     "seed": "random seed",
     "device": "auto, cpu or cuda",
-    "deterministic": "true: bit-for-bit repeatable runs for a seed on the CPU, whatever the thread count (PyTorch's "
+    "deterministic": "true: bit-for-bit repeatable runs for a seed on the CPU at a given thread count (PyTorch's "
     "deterministic kernels; on CUDA with deterministic cuBLAS/cuDNN); false: PyTorch's default kernels",
     "train": "the backward pass schedule",
     **{k: f"the {k} plugin: a name or a mapping with name and settings" for k in KINDS},
