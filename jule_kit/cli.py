@@ -114,7 +114,7 @@ def run(
     from .recipe import load_recipe
     from .rundir import RECIPE, RunDir
 
-    if not distributed.is_main():
+    if not distributed.current().is_main:
         console.quiet = True  # torchrun: rank 0 alone prints (errors still go to stderr)
     overrides = list(set_)
     if device is not None:
@@ -143,7 +143,7 @@ def run(
         resolved = load_recipe(path, overrides)
         resolve_data(resolved["data"]["name"], data_dir)  # a missing dataset fails before any folder is made
         out = out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = distributed.create_run_dir(out, force=force)  # torchrun: rank 0 creates it, the others read
+        run_dir = distributed.current().create_run_dir(out, force=force)  # torchrun: rank 0 creates it, the others read
 
     def run_one(one: dict, one_dir: RunDir, resuming: bool) -> dict:
         reporter = Reporter(console=console, quiet=quiet, err_console=err_console)

@@ -1,17 +1,21 @@
-"""Several processes under ``torchrun``: the backward pass with DistributedDataParallel.
+"""How a run is spread over processes: one object the engine is handed (``Experiment.dist``).
 
-    torchrun --nproc_per_node=N -m jule_kit.cli run RECIPE ...
+* :class:`SingleProcess`, what most runs are: every method is plain (the gather of a batch is the
+  batch itself, the reporter and TensorBoard logger are the real ones, rank 0's work is just done).
+* :class:`Torchrun`, several processes started by ``torchrun`` (the backward pass with
+  DistributedDataParallel)::
 
-Every rank loads the data and builds the model from the same seed. The clustering forward pass
-runs on rank 0 only and its labels are broadcast. Each global batch (``train.batch_size``, in the
-single-process order) is cut into N contiguous slices, one per rank; the embeddings are gathered
-back differentiably, so every rank computes the loss on the whole global batch, and batch norm
-uses the statistics of the whole global batch. The parameter gradient is then the single-process
-one: the gather's backward sums the N ranks' (identical) loss gradients, N x, and DDP averages
-the ranks' parameter gradients, / N. Only rank 0 writes the run directory or prints.
+      torchrun --nproc_per_node=N -m jule_kit.cli run RECIPE ...
 
-Without torchrun (no ``WORLD_SIZE`` > 1 in the environment) every helper returns at once and
-changes nothing.
+  Every rank loads the data and builds the model from the same seed. The clustering forward pass
+  runs on rank 0 only and its labels are broadcast. Each global batch (``train.batch_size``, in the
+  single-process order) is cut into N contiguous slices, one per rank; the embeddings are gathered
+  back differentiably, so every rank computes the loss on the whole global batch, and batch norm
+  uses the statistics of the whole global batch. The parameter gradient is then the single-process
+  one: the gather's backward sums the N ranks' (identical) loss gradients, N x, and DDP averages
+  the ranks' parameter gradients, / N. Only rank 0 writes the run directory or prints.
+
+:func:`current` gives the one for this process (torchrun's when ``WORLD_SIZE`` > 1).
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import atexit
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, ContextManager, Iterable
 
 import numpy as np
 import torch
@@ -29,6 +33,7 @@ from torch import nn
 from .errors import JulekitError
 from .progress import Reporter
 from .rundir import RunDir
+from .tensorboard import RunLogger
 
 # Rank 0 clusters while the others wait in the broadcast of its labels: on large datasets that
 # takes longer than torch's defaults (30 min gloo, 10 min NCCL). A rank that dies is caught by
@@ -42,159 +47,73 @@ class PeerFailed(JulekitError):
     exit_code = 1
 
 
-# -- the torchrun environment ------------------------------------------------------------------
 def launched() -> bool:
     """True in a process started by torchrun with more than one process in all."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def world_size() -> int:
-    return int(os.environ["WORLD_SIZE"]) if launched() else 1
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0")) if launched() else 0
-
-
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0")) if launched() else 0
-
-
-def is_main() -> bool:
-    """Rank 0, or a single process: the one that writes files and prints."""
-    return rank() == 0
-
-
 def active() -> bool:
-    """Several processes and their group is up: the collectives below must be called by every rank."""
+    """Several processes and their group is up: collectives must be called by every rank."""
     return launched() and dist.is_available() and dist.is_initialized()
 
 
-def init() -> bool:
-    """Join the torchrun process group (once); in a single process do nothing and return False.
-
-    CPU tensors go over gloo and, where CUDA is available, CUDA tensors over NCCL: one group
-    serves the CPU-side broadcasts (labels, run directory) and the training on the GPUs.
-    """
-    if not launched():
-        return False
-    if not dist.is_available():
-        raise JulekitError("this PyTorch build has no torch.distributed; run without torchrun")
-    if not dist.is_initialized():
-        backend = "gloo"
-        if torch.cuda.is_available() and local_rank() < torch.cuda.device_count():
-            torch.cuda.set_device(local_rank())
-            if dist.is_nccl_available():
-                backend = "cpu:gloo,cuda:nccl"
-        dist.init_process_group(backend=backend, timeout=TIMEOUT)
-        atexit.register(shutdown)
-    return True
+def current() -> "SingleProcess | Torchrun":
+    """The distribution of this process: torchrun's (joining its process group) or a single process."""
+    return Torchrun() if launched() else SingleProcess()
 
 
-def shutdown() -> None:
-    """Leave the process group (registered to run at exit by :func:`init`)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+class SingleProcess:
+    """One process does everything: each method is the plain thing (or nothing)."""
 
+    is_main = True
 
-def barrier() -> None:
-    if active():
-        dist.barrier()
+    def device(self, device: torch.device) -> torch.device:
+        return device
 
-
-def local_device(device: torch.device) -> torch.device:
-    """``cuda`` means this rank's GPU (LOCAL_RANK) under torchrun."""
-    if launched() and device.type == "cuda" and device.index is None:
-        return torch.device("cuda", local_rank())
-    return device
-
-
-# -- rank 0's results to every rank --------------------------------------------------------------
-def _broadcast_array(value: np.ndarray | None, dtype: torch.dtype) -> np.ndarray | None:
-    """Rank 0's 1-d ``value`` on every rank. Rank 0 sends None when it failed: the others raise
-    PeerFailed (rank 0 gets None back and raises its own error)."""
-    # CPU tensors: they go over gloo whatever the training device
-    header = torch.tensor([(-1 if value is None else len(value)) if is_main() else 0])
-    dist.broadcast(header, src=0)
-    n = int(header.item())
-    if n < 0:
-        if is_main():
-            return None
-        raise PeerFailed("rank 0 failed (its error is above); this process stops too")
-    # torch.tensor copies: ``value`` may be a read-only buffer
-    data = torch.tensor(value, dtype=dtype) if is_main() else torch.empty(n, dtype=dtype)
-    dist.broadcast(data, src=0)
-    return data.numpy()
-
-
-def broadcast_labels(labels: np.ndarray | None) -> np.ndarray:
-    """Rank 0's labels on every rank: rank 0 passes them, the others pass None.
-
-    A single process gets its own labels back."""
-    if not active():
-        if labels is None:
-            raise ValueError("broadcast_labels: a single process must pass its labels")
-        return labels
-    if is_main() and labels is None:
-        raise ValueError("broadcast_labels: rank 0 must pass its labels")
-    return _broadcast_array(np.asarray(labels, dtype=np.int64) if is_main() else None, torch.int64)
-
-
-def on_main(compute: Callable[[], np.ndarray]) -> np.ndarray:
-    """``compute()`` on rank 0 only, its labels on every rank; if it raises, every rank stops."""
-    if not active():
-        return compute()
-    if not is_main():
-        return broadcast_labels(None)
-    try:
-        labels = compute()
-    except BaseException:
-        _broadcast_array(None, torch.int64)  # release the waiting ranks, then fail here
-        raise
-    return broadcast_labels(labels)
-
-
-# -- the run directory and the console: rank 0's ---------------------------------------------------
-class ReadOnlyRunDir(RunDir):
-    """Rank 0's run directory as the other ranks see it: they read it (resume), never write it.
-
-    The writes below do nothing on purpose: rank 0 writes the same content."""
-
-    def write_json(self, name: str, data: Any) -> None:
-        pass
-
-    def write_metrics(self, rows: list[dict]) -> None:
-        pass
-
-    def write_assignments(self, labels: np.ndarray, paths: list[str] | None, truth: np.ndarray | None) -> None:
-        pass
-
-    def save_checkpoint(self, state: dict) -> None:
-        pass
-
-
-def create_run_dir(path: Path, force: bool = False) -> RunDir:
-    """``RunDir.create`` on rank 0; the other ranks get a read-only view of rank 0's folder.
-
-    Rank 0's path is used everywhere: a default ``runs/<name>-<time>`` may straddle a second."""
-    if not init():
+    def create_run_dir(self, path: Path, force: bool = False) -> RunDir:
         return RunDir.create(path, force=force)
-    if not is_main():
-        return ReadOnlyRunDir(Path(bytes(_broadcast_array(None, torch.uint8)).decode()))
-    try:
-        run_dir = RunDir.create(path, force=force)
-    except BaseException:
-        _broadcast_array(None, torch.uint8)
-        raise
-    _broadcast_array(np.frombuffer(str(run_dir.path).encode(), dtype=np.uint8), torch.uint8)
-    return run_dir
 
-
-def rank_view(run_dir: RunDir) -> RunDir:
-    """The run directory this rank may use: as is on rank 0, read-only elsewhere."""
-    if is_main() or isinstance(run_dir, ReadOnlyRunDir):
+    def run_dir(self, run_dir: RunDir) -> RunDir:
         return run_dir
-    return ReadOnlyRunDir(run_dir.path)
+
+    def reporter(self, reporter: Reporter) -> Reporter:
+        return reporter
+
+    def run_logger(self, log_dir: Path, first_period: int) -> ContextManager:
+        return RunLogger(log_dir, first_period=first_period)
+
+    def on_main(self, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """``compute()``'s labels, on every rank."""
+        return compute()
+
+    def local_part(self, x: torch.Tensor) -> torch.Tensor:
+        """This process's rows of a global batch."""
+        return x
+
+    def gather(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """The global batch of ``n`` rows from every process's :meth:`local_part` (no gradient)."""
+        return x
+
+    def gather_autograd(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """:meth:`gather` with a gradient."""
+        return x
+
+    def prepare_model(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """The model as built for this distribution (global-batch batch norm under torchrun)."""
+        return model
+
+    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """The model to train (DistributedDataParallel under torchrun)."""
+        return model
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def average_grads(self, params: Iterable[torch.Tensor]) -> None:
+        """Average the gradients of parameters outside the wrapped model (a loss's head)."""
+
+    def barrier(self) -> None:
+        """Wait for every process."""
 
 
 class NullRunLogger:
@@ -223,37 +142,171 @@ class SilentReporter(Reporter):
         pass
 
 
-# -- splitting a global batch over the ranks ---------------------------------------------------------
-def shares(n: int) -> list[int]:
-    """Rows per rank of a global batch of ``n``: contiguous slices differing by at most one."""
-    size = world_size()
-    return [n // size + (1 if r < n % size else 0) for r in range(size)]
+class ReadOnlyRunDir(RunDir):
+    """Rank 0's run directory as the other ranks see it: they read it (resume), never write it.
+
+    The writes below do nothing on purpose: rank 0 writes the same content."""
+
+    def write_recipe(self, recipe: dict) -> None:
+        pass
+
+    def write_json(self, name: str, data: Any) -> None:
+        pass
+
+    def write_montage(self, images: np.ndarray, labels: np.ndarray, truth: np.ndarray | None) -> None:
+        return None  # not drawn: rank 0 draws it
+
+    def write_metrics(self, rows: list[dict]) -> None:
+        pass
+
+    def write_assignments(self, labels: np.ndarray, paths: list[str] | None, truth: np.ndarray | None) -> None:
+        pass
+
+    def save_checkpoint(self, state: dict) -> None:
+        pass
 
 
-def local_part(x: torch.Tensor) -> torch.Tensor:
-    """This rank's contiguous slice of the rows of a global batch (all of it in a single process)."""
-    if not active():
-        return x
-    sizes = shares(len(x))
-    start = sum(sizes[:rank()])
-    return x[start:start + sizes[rank()]]
+class Torchrun(SingleProcess):
+    """A rank of a torchrun launch: joins the process group (once) and does the collectives.
+
+    CPU tensors go over gloo and, where CUDA is available, CUDA tensors over NCCL: one group
+    serves the CPU-side broadcasts (labels, run directory) and the training on the GPUs."""
+
+    def __init__(self) -> None:
+        self.world_size = int(os.environ["WORLD_SIZE"])
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.is_main = self.rank == 0
+        if not dist.is_available():
+            raise JulekitError("this PyTorch build has no torch.distributed; run without torchrun")
+        if not dist.is_initialized():
+            backend = "gloo"
+            if torch.cuda.is_available() and self.local_rank < torch.cuda.device_count():
+                torch.cuda.set_device(self.local_rank)
+                if dist.is_nccl_available():
+                    backend = "cpu:gloo,cuda:nccl"
+            dist.init_process_group(backend=backend, timeout=TIMEOUT)
+            atexit.register(_shutdown)
+
+    def device(self, device: torch.device) -> torch.device:
+        """``cuda`` means this rank's GPU (LOCAL_RANK)."""
+        if device.type == "cuda" and device.index is None:
+            return torch.device("cuda", self.local_rank)
+        return device
+
+    # -- rank 0 writes and prints; the others see it ------------------------------------------------
+    def create_run_dir(self, path: Path, force: bool = False) -> RunDir:
+        """``RunDir.create`` on rank 0; the other ranks get a read-only view of rank 0's folder.
+
+        Rank 0's path is used everywhere: a default ``runs/<name>-<time>`` may straddle a second."""
+        if not self.is_main:
+            return ReadOnlyRunDir(Path(bytes(self._broadcast_array(None, torch.uint8)).decode()))
+        try:
+            run_dir = RunDir.create(path, force=force)
+        except BaseException:
+            self._broadcast_array(None, torch.uint8)
+            raise
+        self._broadcast_array(np.frombuffer(str(run_dir.path).encode(), dtype=np.uint8), torch.uint8)
+        return run_dir
+
+    def run_dir(self, run_dir: RunDir) -> RunDir:
+        if self.is_main or isinstance(run_dir, ReadOnlyRunDir):
+            return run_dir
+        return ReadOnlyRunDir(run_dir.path)
+
+    def reporter(self, reporter: Reporter) -> Reporter:
+        return reporter if self.is_main else SilentReporter()
+
+    def run_logger(self, log_dir: Path, first_period: int) -> ContextManager:
+        return RunLogger(log_dir, first_period=first_period) if self.is_main else NullRunLogger()
+
+    def _broadcast_array(self, value: np.ndarray | None, dtype: torch.dtype) -> np.ndarray | None:
+        """Rank 0's 1-d ``value`` on every rank. Rank 0 sends None when it failed: the others raise
+        PeerFailed (rank 0 gets None back and raises its own error)."""
+        # CPU tensors: they go over gloo whatever the training device
+        header = torch.tensor([(-1 if value is None else len(value)) if self.is_main else 0])
+        dist.broadcast(header, src=0)
+        n = int(header.item())
+        if n < 0:
+            if self.is_main:
+                return None
+            raise PeerFailed("rank 0 failed (its error is above); this process stops too")
+        # torch.tensor copies: ``value`` may be a read-only buffer
+        data = torch.tensor(value, dtype=dtype) if self.is_main else torch.empty(n, dtype=dtype)
+        dist.broadcast(data, src=0)
+        return data.numpy()
+
+    def on_main(self, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """``compute()`` on rank 0 only, its labels on every rank; if it raises, every rank stops."""
+        if not self.is_main:
+            return self._broadcast_array(None, torch.int64)
+        try:
+            labels = compute()
+        except BaseException:
+            self._broadcast_array(None, torch.int64)  # release the waiting ranks, then fail here
+            raise
+        return self._broadcast_array(np.asarray(labels, dtype=np.int64), torch.int64)
+
+    # -- a global batch split over the ranks --------------------------------------------------------
+    def shares(self, n: int) -> list[int]:
+        """Rows per rank of a global batch of ``n``: contiguous slices differing by at most one."""
+        return [n // self.world_size + (1 if r < n % self.world_size else 0) for r in range(self.world_size)]
+
+    def local_part(self, x: torch.Tensor) -> torch.Tensor:
+        sizes = self.shares(len(x))
+        start = sum(sizes[:self.rank])
+        return x[start:start + sizes[self.rank]]
+
+    def gather(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """Every rank's :meth:`local_part`, concatenated in rank order (= the global batch order)."""
+        sizes = self.shares(n)
+        parts = [x.new_empty((max(sizes), *x.shape[1:])) for _ in sizes]
+        dist.all_gather(parts, _padded(x, max(sizes)))  # equal shapes: pad to the largest share
+        return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
+    def gather_autograd(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """:meth:`gather` whose backward sums the gradient over the ranks' losses."""
+        return _GatherRows.apply(x, n, self)
+
+    # -- the model ----------------------------------------------------------------------------------
+    def prepare_model(self, model: nn.Module, device: torch.device) -> nn.Module:
+        return sync_batch_norm(model, device)
+
+    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        ids = [device.index] if device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+    def average_grads(self, params: Iterable[torch.Tensor]) -> None:
+        """Each rank computed them from the same gathered batch, so they agree already; the average
+        keeps the copies identical where kernels are not bitwise deterministic (GPU atomics)."""
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.flatten() for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+
+def _shutdown() -> None:
+    """Leave the process group (registered to run at exit when the group is joined)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _padded(x: torch.Tensor, rows: int) -> torch.Tensor:
     if len(x) == rows:
         return x.contiguous()
     return torch.cat([x, x.new_zeros((rows - len(x), *x.shape[1:]))])
-
-
-def gather_rows(x: torch.Tensor, n: int) -> torch.Tensor:
-    """Every rank's :func:`local_part` of a global batch of ``n`` rows, concatenated in rank order
-    (= the global batch order). No gradient; the identity in a single process."""
-    if not active():
-        return x
-    sizes = shares(n)
-    parts = [x.new_empty((max(sizes), *x.shape[1:])) for _ in sizes]
-    dist.all_gather(parts, _padded(x, max(sizes)))  # equal shapes: pad to the largest share
-    return torch.cat([p[:s] for p, s in zip(parts, sizes)])
 
 
 class _GatherRows(torch.autograd.Function):
@@ -265,24 +318,15 @@ class _GatherRows(torch.autograd.Function):
     is deprecated on every call in this torch version.)"""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, n: int) -> torch.Tensor:
-        ctx.n = n
-        return gather_rows(x, n)
+    def forward(ctx: Any, x: torch.Tensor, n: int, ranks: Torchrun) -> torch.Tensor:
+        ctx.n, ctx.ranks = n, ranks
+        return ranks.gather(x, n)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         grad = grad.contiguous().clone()
         dist.all_reduce(grad)
-        sizes = shares(ctx.n)
-        start = sum(sizes[:rank()])
-        return grad[start:start + sizes[rank()]], None
-
-
-def gather_rows_autograd(x: torch.Tensor, n: int) -> torch.Tensor:
-    """:func:`gather_rows` with a gradient (the sum over the ranks' losses); identity in one process."""
-    if not active():
-        return x
-    return _GatherRows.apply(x, n)
+        return ctx.ranks.local_part(grad), None, None
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -352,8 +396,6 @@ def sync_batch_norm(module: nn.Module, device: torch.device) -> nn.Module:
     nn.SyncBatchNorm on GPUs, :class:`AllReduceBatchNorm` elsewhere. Only the plain
     ``nn.BatchNorm*d`` classes are swapped: a subclass may do more in ``forward`` (timm's
     BatchNormAct2d applies its activation) and keeps per-rank statistics instead."""
-    if not active():
-        return module
     cls = nn.SyncBatchNorm if device.type == "cuda" else AllReduceBatchNorm
     if type(module) in PLAIN_BATCH_NORM:
         new = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
@@ -366,35 +408,3 @@ def sync_batch_norm(module: nn.Module, device: torch.device) -> nn.Module:
     for name, child in module.named_children():
         module.add_module(name, sync_batch_norm(child, device))
     return module
-
-
-# -- gradients -------------------------------------------------------------------------------------------
-def data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
-    """The model wrapped in DistributedDataParallel under torchrun, else the model itself."""
-    if not active():
-        return model
-    ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def average_grads(params: Iterable[torch.Tensor]) -> None:
-    """Average gradients over the ranks (parameters outside DDP, e.g. a loss's classifier head).
-
-    Each rank computed them from the same gathered batch, so they agree already; the average keeps
-    the copies identical where kernels are not bitwise deterministic (GPU atomics)."""
-    if not active():
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.flatten() for g in grads])
-    dist.all_reduce(flat)
-    flat /= world_size()
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()

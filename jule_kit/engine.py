@@ -7,7 +7,9 @@
     final:     clusterer.finalize on the final features
 
 Every random choice derives from (seed, period), so a run resumed from the checkpoint of
-period p continues exactly as the uninterrupted run would.
+period p continues exactly as the uninterrupted run would. What moves from one period to the
+next is a :class:`LoopState`, which is also the checkpoint. How the work is spread over
+processes is the engine's ``dist`` (see distributed.py); in one process it changes nothing.
 """
 from __future__ import annotations
 
@@ -26,14 +28,12 @@ from . import distributed
 from .data import Dataset, load_dataset
 from .determinism import deterministic_algorithms
 from .errors import JulekitError, RecipeError, TrainingError
-from .hookspecs import ForwardContext, Graph
+from .hookspecs import KINDS, ForwardContext, Graph
 from .metrics import contiguous, evaluate, nmi
-from .montage import make_montage, png_bytes
 from .progress import Reporter
-from .recipe import dump
 from .registry import get_registry
-from .rundir import MONTAGE, RECIPE, SUMMARY, RunDir, atomic_write_bytes, atomic_write_text, versions
-from .tensorboard import TB_DIR, RunLogger
+from .rundir import RECIPE, SUMMARY, RunDir, versions
+from .tensorboard import TB_DIR
 
 FINAL_PERIOD_NAME = "final"
 
@@ -63,7 +63,7 @@ class Plugins:
     def from_recipe(cls, recipe: dict) -> "Plugins":
         registry = get_registry()
         made = {}
-        for kind in ("backbone", "affinity", "initializer", "linkage", "clusterer", "loss"):
+        for kind in KINDS:
             spec = recipe.get(kind)
             if spec is None:
                 made[kind] = None
@@ -81,23 +81,63 @@ class RunResult:
     model: nn.Module | None = None  # the trained backbone (None without one)
 
 
+@dataclass
+class LoopState:
+    """What moves from one period to the next: saved after every period, it is the checkpoint."""
+
+    model: nn.Module | None
+    optimizer: torch.optim.Optimizer | None
+    labels: np.ndarray | None = None
+    period: int = 0  # the next period to run
+    step: int = 0  # SGD steps so far: the learning-rate schedule's clock
+    started: float = field(default_factory=time.time)  # when the loop would have started, had it never stopped
+    rows: list[dict] = field(default_factory=list)  # the metrics of the periods done
+
+    def seconds(self) -> float:
+        return time.time() - self.started
+
+    def save(self, run_dir: RunDir) -> None:
+        """Checkpoint the period just done (atomically) and move on to the next."""
+        checkpoint = {"period": self.period, "step": self.step, "labels": self.labels, "seconds": self.seconds()}
+        if self.model is not None:
+            checkpoint["model"] = self.model.state_dict()
+            checkpoint["optimizer"] = self.optimizer.state_dict()
+        run_dir.save_checkpoint(checkpoint)
+        self.period += 1
+
+    def restore(self, run_dir: RunDir) -> bool:
+        """Continue after the run directory's last checkpoint (False: there is none, start afresh)."""
+        checkpoint = run_dir.load_checkpoint()
+        if checkpoint is not None:
+            self.labels, self.step = checkpoint["labels"], checkpoint["step"]
+            self.period = checkpoint["period"] + 1
+            self.started = time.time() - checkpoint.get("seconds", 0.0)
+            if self.model is not None:
+                self.model.load_state_dict(checkpoint["model"])
+                self.optimizer.load_state_dict(checkpoint["optimizer"])
+        # the rows of checkpointed periods only: later ones (and "final") are computed again
+        self.rows = [r for r in run_dir.read_metrics() if isinstance(r.get("period"), int) and r["period"] < self.period]
+        return checkpoint is not None
+
+
 class Experiment:
     """Runs a validated recipe into a run directory."""
 
     def __init__(self, recipe: dict, run_dir: RunDir, *, data_dir: str | None = None,
-                 reporter: Reporter | None = None, recipe_name: str = "run") -> None:
-        # under torchrun (see distributed.py) only rank 0 writes and prints; elsewhere this changes nothing
-        distributed.init()
-        self.main = distributed.is_main()
+                 reporter: Reporter | None = None, recipe_name: str = "run",
+                 dist: distributed.SingleProcess | None = None) -> None:
+        # under torchrun only rank 0 writes and prints: ``dist`` hands the others silent views
+        self.dist = dist or distributed.current()
         self.recipe = recipe
-        self.run_dir = distributed.rank_view(run_dir)
+        self.run_dir = self.dist.run_dir(run_dir)
         self.data_dir = data_dir
-        self.reporter = (reporter or Reporter(quiet=True)) if self.main else distributed.SilentReporter()
+        self.reporter = self.dist.reporter(reporter or Reporter(quiet=True))
         self.recipe_name = recipe_name
         self.train = recipe["train"]
         self.seed = recipe["seed"]
         self.plugins = Plugins.from_recipe(recipe)
-        self.device = distributed.local_device(resolve_device(recipe["device"]))
+        self.device = self.dist.device(resolve_device(recipe["device"]))
+        self.net: nn.Module | None = None  # the model as trained: wrapped for the processes (DDP under torchrun)
 
     # -- set-up -----------------------------------------------------------------------------
     def load_data(self) -> Dataset:
@@ -136,7 +176,7 @@ class Experiment:
         out = []
         for i in range(0, len(images), bs):
             batch = images[i:i + bs]
-            out.append(distributed.gather_rows(model(distributed.local_part(batch).float() / 255.0), len(batch)))
+            out.append(self.dist.gather(model(self.dist.local_part(batch).float() / 255.0), len(batch)))
         return torch.cat(out)
 
     @contextmanager
@@ -177,7 +217,7 @@ class Experiment:
         model.train()
         bs = self.train["feature_batch_size"]
         for i in range(0, len(images), bs):
-            model(distributed.local_part(images[i:i + bs]).float() / 255.0)
+            model(self.dist.local_part(images[i:i + bs]).float() / 255.0)
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
 
@@ -223,7 +263,7 @@ class Experiment:
         """One period of training. ``model`` may be DDP-wrapped (torchrun): each rank then runs its slice
         of every global batch and the loss sees the gathered global batch (see distributed.py)."""
         t = self.train
-        embedding_dim = distributed.unwrap(model).embedding_dim
+        embedding_dim = self.dist.unwrap(model).embedding_dim
         criterion = self.plugins.loss.criterion(embedding_dim, labels, period_seed(self.seed, period, 2))
         criterion = criterion.to(self.device)
         head_params = [p for p in criterion.parameters() if p.requires_grad]
@@ -241,8 +281,8 @@ class Experiment:
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 with self.out_of_memory_hint(period, "batch_size", "while training"):
-                    embeddings = model(images[distributed.local_part(idx)].float() / 255.0)
-                    loss = criterion(distributed.gather_rows_autograd(embeddings, len(idx)), labels_t[idx])
+                    embeddings = model(images[self.dist.local_part(idx)].float() / 255.0)
+                    loss = criterion(self.dist.gather_autograd(embeddings, len(idx)), labels_t[idx])
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"period {period}, epoch {epoch + 1}: the loss became {loss.item()} (training diverged); "
@@ -254,7 +294,7 @@ class Experiment:
                     head_opt.zero_grad(set_to_none=True)
                 with self.out_of_memory_hint(period, "batch_size", "while training"):
                     loss.backward()
-                distributed.average_grads(head_params)  # the head is outside DDP
+                self.dist.average_grads(head_params)  # the head is outside the wrapped model
                 optimizer.step()
                 if head_opt is not None:
                     head_opt.step()
@@ -265,10 +305,14 @@ class Experiment:
         self.reporter.hide("epochs")
         return step, total_loss / max(count, 1)
 
-    def metrics_row(self, period: int | str, labels: np.ndarray, truth: np.ndarray | None) -> dict[str, Any]:
-        """Clusters, metrics against the labels, and the clusterer's own statistics."""
+    def metrics_row(self, period: int | str, labels: np.ndarray, truth: np.ndarray | None,
+                    previous: np.ndarray | None = None) -> dict[str, Any]:
+        """Clusters, metrics against the labels, the clusterer's own statistics and the NMI with the
+        previous period's labels."""
         row: dict[str, Any] = {"period": period, "clusters": int(labels.max()) + 1, **evaluate(truth, labels)}
         row.update(getattr(self.plugins.clusterer, "last_stats", {}) or {})
+        if previous is not None:
+            row["nmi_prev"] = nmi(previous, labels)
         return row
 
     def build_model(self, data: Dataset) -> nn.Module | None:
@@ -279,7 +323,7 @@ class Experiment:
             model = self.plugins.backbone.build(data.shape).to(self.device)
         except ValueError as exc:
             raise RecipeError(f"backbone: {exc}") from None
-        return distributed.sync_batch_norm(model, self.device)  # global-batch statistics under torchrun
+        return self.dist.prepare_model(model, self.device)  # global-batch statistics under torchrun
 
     # -- the run -------------------------------------------------------------------------------
     def deterministic(self):
@@ -287,88 +331,88 @@ class Experiment:
         return deterministic_algorithms(self.recipe["deterministic"], self.device)
 
     def run(self, resume: bool = False) -> RunResult:
+        """Set up, resume, then period by period: features → forward → record → backward →
+        checkpoint; then the final stage and the outputs."""
         with self.deterministic():
-            return self._run(resume)
+            data, images, target = self.set_up()
+            state = self.start(data, resume)
+            with self.dist.run_logger(self.run_dir.file(TB_DIR), state.period) as tb:
+                self.reporter.bar("periods", self.train["max_periods"], "periods")
+                self.reporter.advance("periods", state.period)
+                while not self.stops(state, target):
+                    started = time.time()
+                    features = self.period_features(state, images)
+                    previous = state.labels
+                    state.labels = self.dist.on_main(lambda: self.forward(features, previous, state.period, target))
+                    row = self.metrics_row(state.period, state.labels, data.labels, previous)
+                    if self.trains(state, target):
+                        row["lr"] = self.lr_at(state.step)
+                        state.step, row["loss"] = self.train_period(self.net, state.optimizer, images,
+                                                                    state.labels, state.period, state.step)
+                    row["seconds"] = time.time() - started
+                    self.record(state, row, tb)
+                    state.save(self.run_dir)
+                    self.reporter.advance("periods", state.period)
+                self.reporter.hide("periods")
+                labels, final_row, features = self.final_stage(state.model, images, state.labels, state.period,
+                                                               target, data)
+                state.rows.append(final_row)
+                montage = self.write_final(state.rows, labels, data)
+                tb.final(state.period, final_row, montage, features, labels, data.labels, data.images)
+            summary = self.summary(data, labels, state.rows, final_row, state.seconds())
+            self.run_dir.write_json(SUMMARY, summary)
+            self.reporter.table(state.rows, summary)
+            self.dist.barrier()  # every process returns once rank 0's run directory is complete
+        return RunResult(labels=labels, summary=summary, metrics=state.rows, model=state.model)
 
-    def _run(self, resume: bool) -> RunResult:
+    def set_up(self) -> tuple[Dataset, torch.Tensor, int]:
+        """The data, its images on the device and the number of clusters to reach."""
         data = self.load_data()
         if data.skipped:
             shown = ", ".join(data.skipped[:5]) + (f" and {len(data.skipped) - 5} more" if len(data.skipped) > 5 else "")
             self.reporter.warn(f"skipped {len(data.skipped)} unreadable files: {shown}")
         target = self.target_clusters(data)
         torch.manual_seed(self.seed)
-        images = torch.as_tensor(data.images).to(self.device)
+        return data, torch.as_tensor(data.images).to(self.device), target
+
+    def start(self, data: Dataset, resume: bool) -> LoopState:
+        """The network and its optimiser, as the last checkpoint left them when resuming."""
         model, optimizer = self.build_model(data), None
         if model is not None:
             t = self.train
             optimizer = torch.optim.SGD(model.parameters(), lr=t["lr"], momentum=t["momentum"],
                                         dampening=t["dampening"], weight_decay=t["weight_decay"])
-        labels: np.ndarray | None = None
-        rows: list[dict] = []
-        period, step, elapsed_before = 0, 0, 0.0
+        state = LoopState(model, optimizer)
         if resume:
-            state = self.run_dir.load_checkpoint()
-            if state is not None:
-                labels = state["labels"]
-                period, step = state["period"] + 1, state["step"]
-                elapsed_before = state.get("seconds", 0.0)
-                if model is not None:
-                    model.load_state_dict(state["model"])
-                    optimizer.load_state_dict(state["optimizer"])
-                self.reporter.log(f"resuming after period {state['period']} ({int(labels.max()) + 1} clusters)")
-            # keep the rows of checkpointed periods only: later ones (and "final") are rewritten
-            rows = [r for r in self.run_dir.read_metrics() if isinstance(r.get("period"), int) and r["period"] < period]
-        elif self.main:
-            atomic_write_text(self.run_dir.file(RECIPE), dump(self.recipe))
-        net = None if model is None else distributed.data_parallel(model, self.device)  # = model in one process
-        loop_start = time.time() - elapsed_before
+            if state.restore(self.run_dir):
+                self.reporter.log(f"resuming after period {state.period - 1} ({int(state.labels.max()) + 1} clusters)")
+        else:
+            self.run_dir.write_recipe(self.recipe)
+        self.net = None if model is None else self.dist.wrap(model, self.device)
+        return state
 
-        tb = RunLogger(self.run_dir.file(TB_DIR), first_period=period) if self.main else distributed.NullRunLogger()
-        with tb:
-            self.reporter.bar("periods", self.train["max_periods"], "periods")
-            self.reporter.advance("periods", period)
-            while True:
-                done = labels is not None and self.plugins.clusterer.done(labels, target)
-                if done or period >= self.train["max_periods"]:
-                    break
-                t0 = time.time()
-                first = getattr(self.plugins.clusterer, "first_features", "raw")
-                if model is None or (labels is None and first != "backbone"):
-                    features = self.raw_features(images)
-                else:
-                    features = self.features(model, images, period)
-                previous = labels
-                labels = distributed.on_main(lambda: self.forward(features, previous, period, target))
-                row = self.metrics_row(period, labels, data.labels)
-                if previous is not None:
-                    row["nmi_prev"] = nmi(previous, labels)
-                if model is not None and not self.plugins.clusterer.done(labels, target) and self.train["epochs"] > 0:
-                    row["lr"] = self.lr_at(step)
-                    step, row["loss"] = self.train_period(net, optimizer, images, labels, period, step)
-                row["seconds"] = time.time() - t0
-                rows.append(row)
-                self.reporter.period(row)
-                self.run_dir.write_metrics(rows)
-                tb.period(period, row, labels)
-                checkpoint = {"period": period, "step": step, "labels": labels, "seconds": time.time() - loop_start}
-                if model is not None:
-                    checkpoint["model"] = model.state_dict()
-                    checkpoint["optimizer"] = optimizer.state_dict()
-                self.run_dir.save_checkpoint(checkpoint)
-                period += 1
-                self.reporter.advance("periods", period)
-            self.reporter.hide("periods")
+    def stops(self, state: LoopState, target: int) -> bool:
+        done = state.labels is not None and self.plugins.clusterer.done(state.labels, target)
+        return done or state.period >= self.train["max_periods"]
 
-            labels, final_row, final_features = self.final_stage(model, images, labels, period, target, data)
-            rows.append(final_row)
-            montage = self.write_final(rows, labels, data)
-            if self.main:
-                tb.final(period, final_row, montage, final_features, labels, data.labels, data.images)
-        summary = self.summary(data, labels, rows, final_row, time.time() - loop_start)
-        self.run_dir.write_json(SUMMARY, summary)
-        self.reporter.table(rows, summary)
-        distributed.barrier()  # every rank returns once rank 0's run directory is complete
-        return RunResult(labels=labels, summary=summary, metrics=rows, model=model)
+    def trains(self, state: LoopState, target: int) -> bool:
+        """Whether the period just clustered trains the network (not once the target is reached)."""
+        return (state.model is not None and not self.plugins.clusterer.done(state.labels, target)
+                and self.train["epochs"] > 0)
+
+    def period_features(self, state: LoopState, images: torch.Tensor) -> torch.Tensor:
+        """Raw pixels for the first clustering (unless the clusterer asks for the backbone's), then the network's."""
+        first = getattr(self.plugins.clusterer, "first_features", "raw")
+        if state.model is None or (state.labels is None and first != "backbone"):
+            return self.raw_features(images)
+        return self.features(state.model, images, state.period)
+
+    def record(self, state: LoopState, row: dict[str, Any], tb: Any) -> None:
+        """A period's row to the console, metrics.jsonl and TensorBoard."""
+        state.rows.append(row)
+        self.reporter.period(row)
+        self.run_dir.write_metrics(state.rows)
+        tb.period(state.period, row, state.labels)
 
     # -- the final stage and the outputs ------------------------------------------------------
     def final_stage(self, model: nn.Module | None, images: torch.Tensor, labels: np.ndarray | None, period: int,
@@ -380,7 +424,7 @@ class Experiment:
         self.check_finite(features, period)
         final_features = self.plugins.affinity.prepare(features)
         self.reporter.bar("merges", 1, "final stage")
-        labels = distributed.on_main(lambda: contiguous(
+        labels = self.dist.on_main(lambda: contiguous(
             self.plugins.clusterer.finalize(final_features, labels, self.context(period, target))))
         self.reporter.hide("merges")
         if int(labels.max()) + 1 < target:  # e.g. features collapsed to a few points: say so, don't hide it
@@ -395,11 +439,7 @@ class Experiment:
         """metrics.jsonl, assignments.csv and montage.png of a finished run; returns the montage."""
         self.run_dir.write_metrics(rows)
         self.run_dir.write_assignments(labels, data.paths, data.labels)
-        if not self.main:
-            return None
-        montage = make_montage(data.images, labels, data.labels)
-        atomic_write_bytes(self.run_dir.file(MONTAGE), png_bytes(montage))
-        return montage
+        return self.run_dir.write_montage(data.images, labels, data.labels)
 
     def summary(self, data: Dataset, labels: np.ndarray, rows: list[dict], final_row: dict,
                 seconds: float) -> dict[str, Any]:

@@ -15,8 +15,12 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from PIL import Image
+
 from . import __version__
 from .errors import JulekitError
+from .montage import make_montage, png_bytes
+from .recipe import dump
 
 RECIPE = "recipe.yaml"
 METRICS = "metrics.jsonl"
@@ -104,8 +108,17 @@ class RunDir:
     def file(self, name: str) -> Path:
         return self.path / name
 
+    def write_recipe(self, recipe: dict) -> None:
+        atomic_write_text(self.file(RECIPE), dump(recipe))
+
     def write_json(self, name: str, data: Any) -> None:
         atomic_write_text(self.file(name), json.dumps(to_jsonable(data), indent=2) + "\n")
+
+    def write_montage(self, images: np.ndarray, labels: np.ndarray, truth: np.ndarray | None) -> Image.Image:
+        """montage.png: a row of thumbnails per cluster; returns the picture (for TensorBoard)."""
+        montage = make_montage(images, labels, truth)
+        atomic_write_bytes(self.file(MONTAGE), png_bytes(montage))
+        return montage
 
     def write_metrics(self, rows: list[dict]) -> None:
         atomic_write_text(self.file(METRICS), "".join(json.dumps(to_jsonable(r)) + "\n" for r in rows))

@@ -57,7 +57,7 @@ def start(out: RunDir, recipe: dict, seeds: int, recipe_name: str) -> None:
     """Write the multi-seed markers into a fresh run directory."""
     if seeds < 1:
         raise JulekitError(f"--seeds: expected at least 1, got {seeds}")
-    if not distributed.is_main():
+    if not distributed.current().is_main:
         return
     atomic_write_text(out.file(RECIPE), dump(recipe))
     atomic_write_text(out.file(SEEDS_FILE), json.dumps({"seeds": seeds, "first_seed": recipe["seed"],
@@ -90,7 +90,7 @@ def run_seed(run_one: Callable[[dict, RunDir, bool], dict], out: Path, recipe: d
     A seed folder holding other settings stops the run (StaleRunError), nothing overwritten."""
     one = recipe_for(recipe, k)
     folder = seed_dir(out, k)
-    distributed.barrier()  # torchrun: every rank looks at the folder before rank 0 starts writing into it
+    distributed.current().barrier()  # torchrun: every rank looks at the folder before rank 0 starts writing into it
     outcome = run_or_reuse(lambda run_dir, resume: run_one(one, run_dir, resume), folder, one, force=force,
                            hint=f"move it away to run that seed again with {Path(out) / RECIPE}")
     return SeedRun(k, one["seed"], outcome.summary, outcome.run_dir.read_assignments(),

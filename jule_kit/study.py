@@ -5,7 +5,10 @@ through :func:`run_or_reuse`, so "may this folder be reused?" has one answer:
 
 - a stored run is reused only when it finished and its saved resolved recipe (``summary.json``
   "recipe", else ``recipe.yaml``) equals the one asked for now (``description`` and ``device``
-  aside: they do not change what a run computes);
+  aside: they do not change what a run computes). The stored recipe is resolved again first, so a
+  setting added to julekit after the run was made takes its default there too: a new setting's
+  default keeps the behaviour from before it existed, while a changed default shows, since a
+  stored recipe holds every value it ran with;
 - an interrupted run of the same recipe is resumed from its checkpoint;
 - a folder holding other settings raises :class:`StaleRunError`, one line naming the folder and
   the first differing key (dotted path) with both values. What happens then is the caller's
@@ -14,6 +17,7 @@ through :func:`run_or_reuse`, so "may this folder be reused?" has one answer:
 """
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass
@@ -90,6 +94,19 @@ class Stored:
     summary: dict | None = None
 
 
+def resolved_now(stored: dict) -> dict:
+    """A stored resolved recipe with the settings added since it was saved at their defaults.
+
+    One that no longer validates (a plugin or key that is gone) is returned as it is: the
+    comparison then shows the difference."""
+    from .recipe import validate
+
+    try:
+        return validate(copy.deepcopy(stored), source="stored recipe")
+    except JulekitError:
+        return stored
+
+
 def look(folder: Path, recipe: dict, *, hint: str = "", complete: Callable[[dict], bool] | None = None) -> Stored:
     """What ``folder`` holds for ``recipe``; raise StaleRunError when it holds other settings.
 
@@ -103,7 +120,7 @@ def look(folder: Path, recipe: dict, *, hint: str = "", complete: Callable[[dict
         stored, summary = resumable, None  # a summary without its recipe cannot be vouched for
     if stored is None:
         return Stored(EMPTY)
-    difference = first_difference(stored, recipe)
+    difference = first_difference(resolved_now(stored), recipe)
     if difference is not None:
         raise StaleRunError(folder, *difference, hint=hint)
     if summary is not None and (complete is None or complete(summary)):
@@ -133,7 +150,7 @@ def run_or_reuse(run: Callable[[RunDir, bool], dict], folder: Path, recipe: dict
         run_dir = RunDir(folder)
         return Outcome(run(run_dir, True), run_dir, RESUMED)
     # nothing usable is there; torchrun: rank 0 creates the folder, the others read
-    run_dir = distributed.create_run_dir(folder, force=True)
+    run_dir = distributed.current().create_run_dir(folder, force=True)
     return Outcome(run(run_dir, False), run_dir, RAN)
 
 

@@ -13,7 +13,7 @@ from torch import nn
 from jule_kit.backends import available_backends
 from jule_kit.cli import app
 from jule_kit.hookspecs import ForwardContext
-from jule_kit.sobel import Sobel
+from jule_kit.plugins.backbone.sobel import Sobel
 from jule_kit.plugins.backbone.jule_cnn import JuleCNNBackbone
 from jule_kit.plugins.clusterer.kmeans_reassign import KMeansReassign, kmeans_policy, pca_whiten, preprocess
 from jule_kit.plugins.loss.cross_entropy import CrossEntropy, uniform_label_order

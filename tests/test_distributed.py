@@ -47,7 +47,7 @@ def run_experiment(rec: dict, out: Path, data_dir: str, resume: bool = False):
     from jule_kit.rundir import RunDir
 
     # create_run_dir: RunDir.create in one process; under torchrun rank 0 creates, the others only read
-    run_dir = RunDir(out) if resume else distributed.create_run_dir(out)
+    run_dir = RunDir(out) if resume else distributed.current().create_run_dir(out)
     return Experiment(rec, run_dir, data_dir=data_dir, recipe_name=out.name).run(resume=resume)
 
 

@@ -64,6 +64,30 @@ def test_look_reuses_resumes_or_refuses(tmp_path):
     assert look(folder, RECIPE_DICT).state == INTERRUPTED
 
 
+def test_a_setting_added_since_the_run_takes_its_default_a_changed_default_does_not(tmp_path):
+    from jule_kit.recipe import load_recipe
+
+    wanted = load_recipe(RECIPES / "jule_usps.yaml", [])
+    folder = tmp_path / "run"
+    folder.mkdir()
+
+    def stored_as(recipe: dict) -> None:
+        (folder / SUMMARY).write_text(json.dumps({"nmi": 0.9, "recipe": recipe}))
+
+    older = json.loads(json.dumps(wanted))
+    del older["linkage"]["size_norm"]  # saved before linkage.size_norm existed: it ran as its default does
+    stored_as(older)
+    assert look(folder, wanted).state == FINISHED
+    changed = _with(wanted, "clusterer.kc_min_clusters", 0)  # saved under an older default value
+    stored_as(changed)
+    with pytest.raises(StaleRunError, match=r"clusterer.kc_min_clusters: 0 there, 100 now"):
+        look(folder, wanted)
+    gone = _with(wanted, "linkage.retired_setting", 1)  # a setting julekit no longer has
+    stored_as(gone)
+    with pytest.raises(StaleRunError, match=r"linkage.retired_setting: 1 there, absent now"):
+        look(folder, wanted)
+
+
 # -- julekit run --seeds / --resume ------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jule_kit import hookimpl
-from jule_kit.sobel import Sobel
+from .sobel import Sobel
 
 
 class JuleCNN(nn.Module):
