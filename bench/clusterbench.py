@@ -112,10 +112,10 @@ def sync(device: Any) -> None:
 
 # ---------------------------------------------------------------- the clustering stage
 
-def load_recipe_for(recipe_path: str | Path, device: str) -> dict:
+def load_recipe_for(recipe_path: str | Path, device: str, overrides: list[str] | None = None) -> dict:
     from jule_kit.recipe import load_recipe
 
-    return load_recipe(recipe_path, [f"device={device}"])
+    return load_recipe(recipe_path, [*(overrides or []), f"device={device}"])
 
 
 def run_stage(recipe: dict, features: Any, target: int, keep_graph: bool = False) -> dict[str, Any]:
@@ -219,7 +219,7 @@ def _load_features(job: dict, recipe: dict) -> tuple[Any, np.ndarray]:
 def job_julekit(job: dict) -> dict[str, Any]:
     from jule_kit.metrics import nmi
 
-    recipe = load_recipe_for(job["recipe"], job.get("device", "cpu"))
+    recipe = load_recipe_for(job["recipe"], job.get("device", "cpu"), job.get("overrides"))
     features, truth = _load_features(job, recipe)
     baseline = rss_now_bytes()
     target = recipe["clusters"] or int(np.unique(truth).size)

@@ -3,13 +3,15 @@
     python bench/growth.py                      # MNIST subsets 10k, 20k, 40k, 70k + 200k synthetic (CPU)
     python bench/growth.py --quick              # MNIST 5k, 10k (under a minute)
     python bench/growth.py --device cuda --include-1m   # on a GPU machine (torch kNN on the GPU), up to 1M
+    python bench/growth.py --set affinity.knn=ivf --sizes 70000 --synthetic-sizes 200000,500000,1000000
+                                                # faiss's IVF index on the CPU: a million points on 2 cores
 
 Each N runs in a fresh child process (peak RSS is that N's alone): the recipe's kNN graph,
 path-integral initial clusters and GDL merges down to 10 clusters, exactly the library code
 the recipe runs. MNIST sizes are the recipe's seeded subsets of mnist_full (784-d pixels);
 synthetic sizes are 160-d Gaussian blobs (1000 blobs in 10 groups), L2-normalised like the
 JULE CNN's embeddings. The exact kNN over 1M x 160 is about 1e14 flops, GPU work: it is only
-run with --include-1m.
+run with --include-1m; with ``--set affinity.knn=ivf`` the graph is approximate and 1M is CPU work.
 """
 from __future__ import annotations
 
@@ -115,6 +117,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="device of the kNN search (cuda: torch kNN on the GPU; merging stays on the CPU)")
     parser.add_argument("--recipe", default=str(DEFAULT_RECIPE))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="recipe override, e.g. --set affinity.knn=ivf (repeatable)")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--json", type=Path, default=None, help="write the rows and slopes to this JSON file")
     parser.add_argument("--plot", type=Path, default=REPO / "docs" / "growth_cpu.png",
@@ -139,13 +143,14 @@ def main() -> None:
         synthetic.append(ONE_MILLION)
     jobs = [{"data": "mnist", "n": n} for n in sorted(mnist)] + [{"data": "synthetic", "n": n} for n in sorted(synthetic)]
     info = machine_info()
-    print(f"device {args.device}; CPU {info['cpu']}, {info['cores']} cores; load {load_avg()}; recipe {args.recipe}",
-          flush=True)
+    print(f"device {args.device}; CPU {info['cpu']}, {info['cores']} cores; load {load_avg()}; recipe {args.recipe}"
+          + "".join(f" --set {o}" for o in args.overrides), flush=True)
 
     rows: list[dict] = []
     for job in jobs:
         res = run_child({**job, "kind": "julekit", "recipe": args.recipe, "data_dir": args.data_dir,
-                         "device": args.device, "profile": args.profile}, timeout=args.timeout)
+                         "device": args.device, "profile": args.profile, "overrides": args.overrides},
+                        timeout=args.timeout)
         if res is None:
             print(f"{job['data']} N = {job['n']}: ran past {args.timeout:.0f} s, stopped; larger sizes skipped")
             break
@@ -160,7 +165,7 @@ def main() -> None:
 
     fit = summarise(rows, args, info, args.device, args.recipe)
     if args.json is not None:
-        out = {"machine": info, "device": args.device, "recipe": args.recipe,
+        out = {"machine": info, "device": args.device, "recipe": args.recipe, "overrides": args.overrides,
                "command": " ".join(["python", *sys.argv]), "rows": rows, "slopes": fit, "load_end": load_avg()}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2) + "\n")

@@ -6,7 +6,9 @@ matmul + top-k serves GPU machines without faiss and is the tested fallback.
 from __future__ import annotations
 
 import importlib
+import math
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -50,11 +52,49 @@ def _torch_knn(x: torch.Tensor, k: int, block: int) -> tuple[torch.Tensor, torch
     return torch.cat(dists), torch.cat(idxs)
 
 
-def knn(x: torch.Tensor, k: int, backend: str = "auto", block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+#: Index kinds for the neighbour search: exact, faiss's inverted lists (IVF) or HNSW graph.
+SEARCHES = ("exact", "ivf", "hnsw")
+
+
+@dataclass(frozen=True)
+class Search:
+    """How to find the neighbours: ``exact`` (every pair), or an approximate faiss index.
+
+    ``ivf``: IndexIVFFlat, ``nlist`` lists (None: 4·√N) trained by k-means on at most
+    ``train_per_list``·nlist points (faiss's own seed), ``nprobe`` lists visited per query.
+    ``hnsw``: IndexHNSWFlat with ``hnsw_m`` links per node and ``ef_search`` candidates per query;
+    built on one thread while PyTorch's deterministic mode is on (a parallel build inserts points
+    in a thread-dependent order, so its graph, and the neighbours, would vary from run to run).
+    Both search on the CPU; with the torch backend (GPU machines without faiss) the search is exact.
+    """
+
+    kind: str = "exact"
+    nlist: int | None = None
+    nprobe: int = 16
+    train_per_list: int = 64
+    hnsw_m: int = 32
+    ef_search: int = 128
+
+    def __post_init__(self) -> None:
+        if self.kind not in SEARCHES:
+            raise ValueError(f"knn must be one of {', '.join(SEARCHES)}, got {self.kind!r}")
+        for name in ("nprobe", "train_per_list", "hnsw_m", "ef_search"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.nlist is not None and self.nlist < 1:
+            raise ValueError(f"nlist must be >= 1, got {self.nlist}")
+
+
+EXACT = Search()
+
+
+def knn(x: torch.Tensor, k: int, backend: str = "auto", block: int = 4096,
+        search: Search = EXACT) -> tuple[np.ndarray, np.ndarray]:
     """The k nearest neighbours of every row of ``x`` among the other rows.
 
     Returns ``(dist2, indices)``, both (N, k): squared L2 distances in ascending order,
-    the query itself excluded (also when it has exact duplicates).
+    the query itself excluded (also when it has exact duplicates). ``search`` chooses an
+    exact or an approximate index (see :class:`Search`).
     """
     n = x.shape[0]
     if not 0 < k < n:
@@ -62,7 +102,9 @@ def knn(x: torch.Tensor, k: int, backend: str = "auto", block: int = 4096) -> tu
     x = x.detach().float().contiguous()
     kq = k + 1
     name = choose_backend(x.device, backend)
-    if name == "faiss":
+    if name == "faiss" and search.kind != "exact":
+        d, i = _faiss_index_search(x.cpu().numpy(), kq, search)
+    elif name == "faiss":
         xs = x.detach().cpu().numpy() if x.device.type == "cpu" or not hasattr(faiss, "StandardGpuResources") else x
         if isinstance(xs, np.ndarray):
             d, i = faiss.knn(xs, xs, kq, metric=faiss.METRIC_L2)
@@ -77,6 +119,43 @@ def knn(x: torch.Tensor, k: int, backend: str = "auto", block: int = 4096) -> tu
         d_t, i_t = _torch_knn(x, kq, max(1, min(block, BLOCK_ELEMENTS // n)))
         d, i = d_t.cpu().numpy(), i_t.cpu().numpy()
     return _drop_self(d.astype(np.float32), i.astype(np.int64), k)
+
+
+def default_nlist(n: int) -> int:
+    """faiss's rule of thumb, 4·√N lists, and at least 39 training points per list."""
+    return max(1, min(int(round(4 * math.sqrt(n))), n // 39))
+
+
+def _faiss_index_search(xs: np.ndarray, kq: int, search: Search) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate self-search of ``xs`` with a faiss IVF or HNSW index; misses fill with the farthest found."""
+    n, dim = xs.shape
+    if search.kind == "ivf":
+        nlist = min(search.nlist or default_nlist(n), n)
+        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist, faiss.METRIC_L2)
+        index.cp.max_points_per_centroid = search.train_per_list  # faiss samples the training set with its seed
+        index.train(xs)
+        index.add(xs)
+        index.nprobe = min(search.nprobe, nlist)
+        d, i = index.search(xs, kq)
+    else:
+        index = faiss.IndexHNSWFlat(dim, search.hnsw_m, faiss.METRIC_L2)
+        threads = faiss.omp_get_max_threads()
+        if torch.are_deterministic_algorithms_enabled():
+            faiss.omp_set_num_threads(1)
+        try:
+            index.add(xs)
+        finally:
+            faiss.omp_set_num_threads(threads)
+        index.hnsw.efSearch = max(search.ef_search, kq)
+        d, i = index.search(xs, kq)
+    missing = i < 0  # fewer than kq points in the lists visited: repeat the farthest one found
+    if missing.any():
+        last = np.maximum((~missing).sum(1) - 1, 0)
+        rows = np.flatnonzero(missing.any(1))
+        for r in rows:
+            i[r, missing[r]] = i[r, last[r]]
+            d[r, missing[r]] = d[r, last[r]]
+    return np.maximum(d, 0), i
 
 
 def _drop_self(d: np.ndarray, i: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -97,15 +176,15 @@ def _torch_kmeans(x: torch.Tensor, init: torch.Tensor, niter: int, block: int) -
     centroids = init.clone()
     k = centroids.shape[0]
     for _ in range(niter):
-        assign = _torch_assign(x, centroids, block)
+        assign = nearest_centroid(x, centroids, block)
         sums = torch.zeros_like(centroids).index_add_(0, assign, x)
         counts = torch.bincount(assign, minlength=k).to(x.dtype)
         nonempty = counts > 0
         centroids[nonempty] = sums[nonempty] / counts[nonempty, None]
-    return centroids, _torch_assign(x, centroids, block)
+    return centroids, nearest_centroid(x, centroids, block)
 
 
-def _torch_assign(x: torch.Tensor, centroids: torch.Tensor, block: int) -> torch.Tensor:
+def nearest_centroid(x: torch.Tensor, centroids: torch.Tensor, block: int) -> torch.Tensor:
     c_sq = (centroids * centroids).sum(1)
     out = []
     for start in range(0, x.shape[0], block):

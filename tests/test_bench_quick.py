@@ -76,3 +76,13 @@ def test_determinism_cost_quick(tmp_path: Path) -> None:
     report = json.loads(out_json.read_text())["quickstart_digits"]
     assert len(report["seconds_on"]) == len(report["seconds_off"]) == 1 and report["ratio_on_off"] > 0
     assert all(len(h) == 16 for h in report["hashes_on"] + report["hashes_off"])
+
+
+def test_knn_recall_quick(data_dir: Path) -> None:
+    stdout = run(["bench/knn_recall.py", "--quick"])
+    rows = [ln.strip("|").split("|") for ln in stdout.splitlines() if ln.startswith("| mnist_test pixels")]
+    assert [r[2].strip() for r in rows] == ["exact", "ivf", "hnsw"], stdout
+    recalls = {r[2].strip(): float(r[5]) for r in rows}
+    assert recalls["exact"] == 1.0 and 0.9 <= recalls["ivf"] <= 1.0 and 0.9 <= recalls["hnsw"] <= 1.0
+    for r in rows:
+        assert_nmi(float(r[6]))

@@ -193,3 +193,71 @@ def test_prepare_flattens_images():
     out = KnnGaussian(normalize="l2").prepare(imgs)
     assert out.shape == (6, 16)
     np.testing.assert_allclose(out.norm(dim=1).numpy(), 1.0, rtol=1e-6)
+
+
+# -- approximate search (affinity.knn: ivf | hnsw | auto) ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mnist_pixels() -> torch.Tensor:
+    """5,000 real MNIST-test images, L2-normalised pixels (784-d)."""
+    path = DATA / "mnist_test.npz"
+    assert path.exists(), f"benchmark datasets not found: set JULEKIT_DATA to the folder holding {path.name}"
+    x = torch.as_tensor(np.load(path)["images"][:5000]).flatten(1).float() / 255.0
+    return x / x.norm(dim=1, keepdim=True)
+
+
+def recall(approximate: np.ndarray, exact: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(b)) for a, b in zip(approximate, exact)]) / exact.shape[1])
+
+
+@pytest.mark.parametrize("kind, at_least", [("ivf", 0.95), ("hnsw", 0.99)])
+def test_approximate_search_finds_the_real_neighbours(mnist_pixels, kind, at_least):
+    pytest.importorskip("faiss")
+    from jule_kit.backends import Search
+
+    _, exact = knn(mnist_pixels, K)
+    dist2, idx = knn(mnist_pixels, K, search=Search(kind))
+    assert idx.shape == (5000, K) and not np.any(idx == np.arange(5000)[:, None])
+    assert np.all(np.diff(dist2, axis=1) >= 0)
+    assert recall(idx, exact) >= at_least
+    # the fewer lists visited, the fewer true neighbours found
+    if kind == "ivf":
+        assert recall(knn(mnist_pixels, K, search=Search("ivf", nprobe=1))[1], exact) < recall(idx, exact)
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_search_repeats_in_deterministic_mode(mnist_pixels, kind):
+    pytest.importorskip("faiss")
+    from jule_kit.backends import Search
+    from jule_kit.determinism import deterministic_algorithms
+
+    with deterministic_algorithms(True, torch.device("cpu")):
+        first, second = (knn(mnist_pixels[:3000], K, search=Search(kind)) for _ in range(2))
+    assert np.array_equal(first[1], second[1]) and np.array_equal(first[0], second[0])
+
+
+def test_auto_is_exact_below_the_threshold_and_ivf_from_it(mnist_pixels):
+    pytest.importorskip("faiss")
+    x = mnist_pixels[:3000]
+    exact = KnnGaussian(knn="exact").build(x)
+    assert np.array_equal(KnnGaussian().build(x).indices, exact.indices)  # 3,000 < 100,000
+    below = KnnGaussian(knn="auto", exact_below=3001).build(x)
+    assert np.array_equal(below.indices, exact.indices)
+    ivf = KnnGaussian(knn="ivf").build(x)
+    assert np.array_equal(KnnGaussian(knn="auto", exact_below=3000).build(x).indices, ivf.indices)
+    assert not np.array_equal(ivf.indices, exact.indices) and recall(ivf.indices, exact.indices) > 0.95
+
+
+def test_the_torch_backend_searches_exactly(mnist_pixels):
+    x = mnist_pixels[:2000]
+    exact = KnnGaussian(knn="exact", backend="torch").build(x)
+    assert np.array_equal(KnnGaussian(knn="ivf", backend="torch").build(x).indices, exact.indices)
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("nprobe", 0, "nprobe must be >= 1, got 0"), ("nlist", 0, "nlist must be >= 1, got 0"),
+    ("ef_search", 0, "ef_search must be >= 1, got 0"), ("hnsw_m", -1, "hnsw_m must be >= 1, got -1")])
+def test_bad_index_parameters_fail_at_once(setting, value, message):
+    with pytest.raises(ValueError, match=message):
+        KnnGaussian(**{setting: value})

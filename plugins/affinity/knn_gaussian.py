@@ -8,7 +8,7 @@ import scipy.sparse as sp
 import torch
 
 from jule_kit import hookimpl
-from jule_kit.backends import knn
+from jule_kit.backends import EXACT, Search, knn
 from jule_kit.hookspecs import Graph
 
 
@@ -21,6 +21,13 @@ class KnnGaussian:
         "a": "sigma^2 scale: sigma^2 = a * mean squared kNN distance (paper: 1)",
         "normalize": "row normalisation of features: l2 (paper), renorm (the Torch code: cap norms at 1), none",
         "backend": "kNN backend: auto (faiss where installed, torch otherwise), faiss, torch",
+        "knn": "neighbour search: exact; ivf or hnsw (faiss's approximate indexes, CPU; the torch backend "
+        "searches exactly); auto: exact below exact_below samples, ivf from there",
+        "exact_below": "with knn=auto: the number of samples from which the search is approximate (ivf)",
+        "nlist": "ivf: number of inverted lists (null: 4*sqrt(N))",
+        "nprobe": "ivf: lists visited per query (more: higher recall, slower)",
+        "hnsw_m": "hnsw: links per node",
+        "ef_search": "hnsw: candidates kept per query (at least k_s + 1)",
     }
 
     def __init__(
@@ -30,12 +37,27 @@ class KnnGaussian:
         a: float = 1.0,
         normalize: Literal["l2", "renorm", "none"] = "l2",
         backend: Literal["auto", "faiss", "torch"] = "auto",
+        knn: Literal["auto", "exact", "ivf", "hnsw"] = "auto",
+        exact_below: int = 100_000,
+        nlist: int | None = None,
+        nprobe: int = 16,
+        hnsw_m: int = 32,
+        ef_search: int = 128,
     ) -> None:
         if k_s < 1:
             raise ValueError(f"k_s must be >= 1, got {k_s}")
         if a <= 0:
             raise ValueError(f"a must be > 0, got {a}")
         self.k_s, self.a, self.normalize, self.backend = k_s, a, normalize, backend
+        self.knn, self.exact_below = knn, exact_below
+        # checks the index parameters now, so a bad value fails before any work starts
+        self.approximate = {kind: Search(kind, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_search=ef_search)
+                            for kind in ("ivf", "hnsw")}
+
+    def search(self, n: int) -> Search:
+        """The index the graph of ``n`` samples is searched with."""
+        kind = ("exact" if n < self.exact_below else "ivf") if self.knn == "auto" else self.knn
+        return self.approximate.get(kind, EXACT)
 
     def prepare(self, features: torch.Tensor) -> torch.Tensor:
         x = features.float().flatten(1)
@@ -50,7 +72,7 @@ class KnnGaussian:
         n = features.shape[0]
         if k >= n:
             raise ValueError(f"affinity.k_s = {k} must be smaller than the number of samples ({n})")
-        dist2, idx = knn(features, k, backend=self.backend)
+        dist2, idx = knn(features, k, backend=self.backend, search=self.search(n))
         sigma2 = self.a * float(dist2.astype(np.float64).mean())
         if sigma2 <= 0:  # every point has exact duplicates as neighbours
             sigma2 = 1.0

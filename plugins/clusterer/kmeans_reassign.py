@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from jule_kit import hookimpl
-from jule_kit.backends import _torch_assign, choose_backend, faiss
+from jule_kit.backends import nearest_centroid, choose_backend, faiss
 from jule_kit.hookspecs import ForwardContext
 from jule_kit.metrics import contiguous
 
@@ -118,7 +118,7 @@ def _assigner(x: torch.Tensor, backend: str, block: int):
     sq = (x * x).sum(1)
 
     def assign(centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        labels = _torch_assign(x, centroids, block)
+        labels = nearest_centroid(x, centroids, block)
         d = (sq - 2.0 * (x * centroids[labels]).sum(1) + (centroids[labels] ** 2).sum(1)).clamp_min(0)
         return labels, d
 
