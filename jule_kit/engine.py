@@ -167,6 +167,11 @@ class Experiment:
     def raw_features(self, images: torch.Tensor) -> torch.Tensor:
         return images.flatten(1).float() / 255.0
 
+    def network_input(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images as the network takes them: floats in [0, 1], in the recipe's memory format."""
+        x = images.float() / 255.0
+        return x.contiguous(memory_format=torch.channels_last) if self.train["channels_last"] and x.dim() == 4 else x
+
     @torch.no_grad()
     def extract(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """Features of all images, in order. Under torchrun each batch is split over the ranks and
@@ -176,7 +181,7 @@ class Experiment:
         out = []
         for i in range(0, len(images), bs):
             batch = images[i:i + bs]
-            out.append(self.dist.gather(model(self.dist.local_part(batch).float() / 255.0), len(batch)))
+            out.append(self.dist.gather(model(self.network_input(self.dist.local_part(batch))), len(batch)))
         return torch.cat(out)
 
     @contextmanager
@@ -217,7 +222,7 @@ class Experiment:
         model.train()
         bs = self.train["feature_batch_size"]
         for i in range(0, len(images), bs):
-            model(self.dist.local_part(images[i:i + bs]).float() / 255.0)
+            model(self.network_input(self.dist.local_part(images[i:i + bs])))
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
 
@@ -281,7 +286,7 @@ class Experiment:
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 with self.out_of_memory_hint(period, "batch_size", "while training"):
-                    embeddings = model(images[self.dist.local_part(idx)].float() / 255.0)
+                    embeddings = model(self.network_input(images[self.dist.local_part(idx)]))
                     loss = criterion(self.dist.gather_autograd(embeddings, len(idx)), labels_t[idx])
                 if not torch.isfinite(loss):
                     raise TrainingError(
@@ -323,6 +328,8 @@ class Experiment:
             model = self.plugins.backbone.build(data.shape).to(self.device)
         except ValueError as exc:
             raise RecipeError(f"backbone: {exc}") from None
+        if self.train["channels_last"]:
+            model = model.to(memory_format=torch.channels_last)
         return self.dist.prepare_model(model, self.device)  # global-batch statistics under torchrun
 
     # -- the run -------------------------------------------------------------------------------

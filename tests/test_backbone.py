@@ -140,3 +140,44 @@ def test_final_stage_refreshes_batch_norm_statistics_on_every_image(usps_subset,
     for k, v in model.state_dict().items():
         if k in weights:
             assert torch.equal(v, weights[k]), k  # only the statistics change
+
+
+def test_channels_last_trains_the_same_network_within_float_rounding(usps_subset, tmp_path):
+    """train.channels_last: the same step (embeddings, loss, gradients) up to float rounding, repeatably."""
+    import numpy as np
+
+    from jule_kit.determinism import deterministic_algorithms
+    from jule_kit.engine import Experiment
+    from jule_kit.recipe import load_recipe
+    from jule_kit.rundir import RunDir
+
+    d = np.load(usps_subset)
+    images, labels = torch.as_tensor(d["images"][:100]), torch.as_tensor(d["labels"][:100])
+
+    def one_step(channels_last: bool):
+        recipe = load_recipe(Path(__file__).resolve().parent.parent / "recipes" / "jule_usps.yaml",
+                             [f"data={usps_subset}", "device=cpu", f"train.channels_last={str(channels_last).lower()}"])
+        experiment = Experiment(recipe, RunDir(tmp_path / str(channels_last)))
+        torch.manual_seed(0)
+        model = experiment.build_model(experiment.load_data())
+        conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+        layouts = []  # the conv's 50-channel output shows the memory format (1-channel input cannot)
+        conv.register_forward_hook(lambda module, inputs, output: layouts.append(output.is_contiguous()))
+        x = experiment.network_input(images)
+        criterion = experiment.plugins.loss.criterion(model.embedding_dim, labels.numpy(), 0)
+        with deterministic_algorithms(True, torch.device("cpu")):
+            embeddings = model(x)
+            loss = criterion(embeddings, labels)
+            loss.backward()
+        assert layouts == [not channels_last]
+        return embeddings.detach(), loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain, last, again = one_step(False), one_step(True), one_step(True)
+    torch.testing.assert_close(last[0], plain[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(last[1], plain[1], rtol=1e-4, atol=1e-5)
+    # a conv bias before batch norm has a zero gradient up to rounding: compare on the gradients' scale
+    scale = max(float(g.abs().max()) for g in plain[2].values())
+    assert scale > 0
+    for name in plain[2]:
+        torch.testing.assert_close(last[2][name], plain[2][name], rtol=1e-3, atol=1e-4 * scale, msg=name)
+        assert torch.equal(last[2][name], again[2][name]), name  # and bit for bit from one step to the next

@@ -86,3 +86,13 @@ def test_knn_recall_quick(data_dir: Path) -> None:
     assert recalls["exact"] == 1.0 and 0.9 <= recalls["ivf"] <= 1.0 and 0.9 <= recalls["hnsw"] <= 1.0
     for r in rows:
         assert_nmi(float(r[6]))
+
+
+def test_cnn_throughput_quick(data_dir: Path) -> None:
+    stdout = run(["bench/cnn_throughput.py", "--quick", "--images", "200"])
+    rows = [ln.strip("|").split("|") for ln in stdout.splitlines() if ln.startswith(("| usps", "| mnist"))]
+    assert [r[0].strip() for r in rows] == ["usps 1x16x16", "mnist 1x28x28"], stdout
+    for r in rows:
+        speeds = [float(v) for v in r[1:5]]  # loop, loop channels_last, eager, channels_last
+        assert all(v > 0 for v in speeds), r
+        assert r[5].strip() in ("eager", "channels_last") and 0 < float(r[6]) and 0 < float(r[7])
