@@ -167,3 +167,20 @@ def test_reproduce_reruns_a_stale_cell_and_keeps_the_old_one_aside(usps_subset, 
     assert new["recipe"]["affinity"]["k_s"] == 10 and (cell / "seed0" / SUMMARY).exists()
     assert f"**{new['nmi_mean']:.3f} ± {new['nmi_std']:.3f}**" in _row(tmp_path)
     assert not np.isclose(new["nmi_mean"], old["nmi_mean"]), "k_s 10 and 20 should cluster differently"
+
+
+def test_reproduce_keeps_the_rows_whose_runs_are_not_on_this_machine(tmp_path):
+    """A fresh checkout has no runs/: --table-only must not wipe the measured rows of the table."""
+    results = tmp_path / "RESULTS.md"
+    measured = ("| usps | JULE-RC (SF 0.873; paper 0.858) | **0.897 ± 0.020** | 3 | 0.913 | -0.016 | 0.919 ± 0.063 | "
+                "0.891 | 1031.2 | cpu | 0.1.0 @ 9b228fd | `julekit run recipes/jule_usps.yaml --seeds 3` |")
+    results.write_text(f"# Results\n\nintro\n\n<!-- reproduce:begin -->\n{measured}\n"
+                       "| usps | K-means | not run yet | | 0.447 | | | | | | | |\n<!-- reproduce:end -->\n\nafter\n")
+    cmd = [sys.executable, str(REPO / "bench" / "reproduce.py"), "--table-only", "--out", str(tmp_path / "runs"),
+           "--results", str(results)]
+    for _ in range(2):  # twice: a kept row stays kept, marked once
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        assert done.returncode == 0, done.stderr
+    text = results.read_text()
+    assert measured.replace("9b228fd |", "9b228fd (kept) |") in text
+    assert "| usps | K-means | not run yet |" in text and text.startswith("# Results\n\nintro") and "after" in text
