@@ -9,8 +9,8 @@ backward + SGD step, batch 100) of
 
 * ``loop``: ``Experiment.train_period`` itself, as a run calls it (real images of the dataset,
   its labels as clusters; uint8 indexing, the loss's triplet sampling, the optimiser, the
-  progress reporter, the per-batch loss read-out all included), as the recipes run it and with
-  ``train.channels_last=true``;
+  progress reporter, the per-batch loss read-out all included), as the recipes run it (channels-last,
+  the default) and with ``train.channels_last=false`` (contiguous NCHW, the loop before that default);
 * the floor candidates, the same network and loss in a bare loop on a ready float batch:
   ``eager`` (what the loop runs), ``channels_last``, ``compile`` (torch.compile, inductor);
   the best of them is the floor.
@@ -46,14 +46,14 @@ QUICK = SHAPES[:2]
 BATCH = 100
 
 
-def experiment(recipe_name: str, overrides: list[str], n: int, data_dir: str | None, channels_last: bool = False):
+def experiment(recipe_name: str, overrides: list[str], n: int, data_dir: str | None, channels_last: bool | None = None):
     from jule_kit.engine import Experiment
     from jule_kit.recipe import load_recipe
     from jule_kit.rundir import RunDir
 
     recipe = load_recipe(REPO / "recipes" / f"{recipe_name}.yaml",
                          [*overrides, f"data.subset={n}", "train.epochs=1", "device=cpu",
-                          f"train.channels_last={str(channels_last).lower()}"])
+                          *([] if channels_last is None else [f"train.channels_last={str(channels_last).lower()}"])])
     exp = Experiment(recipe, RunDir(Path(tempfile.mkdtemp())), data_dir=data_dir)
     data = exp.load_data()
     return exp, data
@@ -128,18 +128,18 @@ def main() -> None:
     info = machine_info()
     print(f"CPU {info['cpu']}, {info['cores']} cores, torch {torch.__version__}, threads {torch.get_num_threads()}; "
           f"load {load_avg()}; {time.strftime('%Y-%m-%d')}", flush=True)
-    print("| shape | loop img/s | loop, channels_last img/s | " + " | ".join(f"{v} img/s" for v in variants)
-          + " | floor | loop / floor | loop, channels_last / floor |")
+    print("| shape | loop img/s | loop, NCHW img/s | " + " | ".join(f"{v} img/s" for v in variants)
+          + " | floor | loop / floor | loop, NCHW / floor |")
     print("|---|---|---|" + "---|" * len(variants) + "---|---|---|")
     rows = []
     from jule_kit.determinism import deterministic_algorithms
 
     for label, recipe_name, overrides in shapes:
         exp, data = experiment(recipe_name, overrides, n, args.data_dir)
-        exp_cl, _ = experiment(recipe_name, overrides, n, args.data_dir, channels_last=True)
+        exp_nchw, _ = experiment(recipe_name, overrides, n, args.data_dir, channels_last=False)
         with deterministic_algorithms(exp.recipe["deterministic"], exp.device):
             loop = time_loop(exp, data, repeats)
-            loop_cl = time_loop(exp_cl, data, repeats)
+            loop_nchw = time_loop(exp_nchw, data, repeats)
             floor = {}
             for v in variants:
                 try:
@@ -149,10 +149,10 @@ def main() -> None:
                     floor[v] = float("nan")
         best = max((v for v in floor if floor[v] == floor[v]), key=floor.get)
         rows.append({"shape": label, "recipe": recipe_name, "overrides": overrides, "loop": loop,
-                     "loop_channels_last": loop_cl, "floor": floor, "best": best, "ratio": loop / floor[best],
-                     "ratio_channels_last": loop_cl / floor[best]})
-        print(f"| {label} | {loop:.0f} | {loop_cl:.0f} | " + " | ".join(f"{floor[v]:.0f}" for v in variants)
-              + f" | {best} | {loop / floor[best]:.2f} | {loop_cl / floor[best]:.2f} |", flush=True)
+                     "loop_nchw": loop_nchw, "floor": floor, "best": best, "ratio": loop / floor[best],
+                     "ratio_nchw": loop_nchw / floor[best]})
+        print(f"| {label} | {loop:.0f} | {loop_nchw:.0f} | " + " | ".join(f"{floor[v]:.0f}" for v in variants)
+              + f" | {best} | {loop / floor[best]:.2f} | {loop_nchw / floor[best]:.2f} |", flush=True)
     print(f"load at the end {load_avg()}")
     if args.json is not None:
         args.json.write_text(json.dumps({"machine": info, "command": " ".join(["python", *sys.argv]),

@@ -93,6 +93,6 @@ def test_cnn_throughput_quick(data_dir: Path) -> None:
     rows = [ln.strip("|").split("|") for ln in stdout.splitlines() if ln.startswith(("| usps", "| mnist"))]
     assert [r[0].strip() for r in rows] == ["usps 1x16x16", "mnist 1x28x28"], stdout
     for r in rows:
-        speeds = [float(v) for v in r[1:5]]  # loop, loop channels_last, eager, channels_last
+        speeds = [float(v) for v in r[1:5]]  # loop (channels-last), loop NCHW, eager, channels_last
         assert all(v > 0 for v in speeds), r
         assert r[5].strip() in ("eager", "channels_last") and 0 < float(r[6]) and 0 < float(r[7])
