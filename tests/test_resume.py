@@ -20,8 +20,11 @@ POLL = 0.05  # seconds between looks at the checkpoint; the period after it take
 
 
 def start(*args: str, env: dict[str, str] = ENV, command: str = "run") -> subprocess.Popen:
+    # Ctrl-C as a terminal delivers it: a suite started in the background (`pytest &`, nohup) inherits SIGINT
+    # ignored, and Python then never raises KeyboardInterrupt in the child
     return subprocess.Popen([sys.executable, "-m", "jule_kit.cli", command, *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def run_args(data: Path, out: Path, quiet: bool = True) -> list[str]:
