@@ -11,8 +11,9 @@ backward + SGD step, batch 100) of
   its labels as clusters; uint8 indexing, the loss's triplet sampling, the optimiser, the
   progress reporter, the per-batch loss read-out all included), as the recipes run it (channels-last,
   the default) and with ``train.channels_last=false`` (contiguous NCHW, the loop before that default);
-* the floor candidates, the same network and loss in a bare loop on a ready float batch:
-  ``eager`` (what the loop runs), ``channels_last``, ``compile`` (torch.compile, inductor);
+* the floor candidates, the same network and loss in a bare loop on one ready float batch (drawn at random, as the
+  loop's batches are):
+  ``eager`` (contiguous NCHW), ``channels_last`` (the layout the loop runs), ``compile`` (torch.compile, inductor);
   the best of them is the floor.
 
 It prints loop / floor for both loops: how much of what this torch can do on this CPU the loop
@@ -80,9 +81,12 @@ def time_loop(exp, data, repeats: int) -> float:
 def time_floor(exp, data, variant: str, steps: int, repeats: int) -> float:
     """Images/s of a bare forward + loss + backward + step loop on one ready float batch."""
     torch.manual_seed(0)
-    model = exp.build_model(data).train()
-    x = torch.as_tensor(data.images[:BATCH]).float() / 255.0
-    y = torch.as_tensor(np.asarray(data.labels)[:BATCH])
+    model = exp.build_model(data).train().to(memory_format=torch.contiguous_format)  # NCHW unless the variant says
+    # a random batch, as the loop draws them: the datasets are stored class by class, so the first
+    # BATCH images are one or two classes, with few or no triplets for the loss
+    batch = torch.randperm(len(data.labels), generator=torch.Generator().manual_seed(0))[:BATCH]
+    x = torch.as_tensor(data.images)[batch].float() / 255.0
+    y = torch.as_tensor(np.asarray(data.labels))[batch]
     criterion = exp.plugins.loss.criterion(model.embedding_dim, np.asarray(data.labels), 0)
     t = exp.train
     optimizer = torch.optim.SGD(model.parameters(), lr=t["lr"], momentum=t["momentum"],
@@ -115,14 +119,14 @@ def time_floor(exp, data, variant: str, steps: int, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="usps and mnist shapes, few batches")
-    parser.add_argument("--images", type=int, default=None, help="images per loop epoch (default 500; quick 200)")
+    parser.add_argument("--images", type=int, default=None, help="images per loop epoch (default 2000: 20 batches, as a period's fixed costs weigh in a run; quick 200)")
     parser.add_argument("--repeats", type=int, default=None, help="best of this many timings (default 3; quick 1)")
     parser.add_argument("--variants", default="eager,channels_last,compile")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
     shapes = QUICK if args.quick else SHAPES
-    n = args.images or (200 if args.quick else 500)
+    n = args.images or (200 if args.quick else 2000)
     repeats = args.repeats or (1 if args.quick else 3)
     variants = [v for v in args.variants.split(",") if v and not (args.quick and v == "compile")]
     info = machine_info()
