@@ -31,9 +31,12 @@ def test_triplet_gradient_is_repeatable_under_the_setting():
 
 def test_the_setting_is_restored_after_the_run():
     before = torch.are_deterministic_algorithms_enabled()
+    fill_before = torch.utils.deterministic.fill_uninitialized_memory
     with deterministic_algorithms(True, torch.device("cpu")):
         assert torch.are_deterministic_algorithms_enabled()
+        assert torch.utils.deterministic.fill_uninitialized_memory is False  # NaN-filling costs time, changes nothing
     assert torch.are_deterministic_algorithms_enabled() == before
+    assert torch.utils.deterministic.fill_uninitialized_memory == fill_before
     with deterministic_algorithms(False, torch.device("cpu")):
         assert not torch.are_deterministic_algorithms_enabled()
     assert torch.are_deterministic_algorithms_enabled() == before
