@@ -11,10 +11,9 @@ backward + SGD step, batch 100) of
   its labels as clusters; uint8 indexing, the loss's triplet sampling, the optimiser, the
   progress reporter, the per-batch loss read-out all included), as the recipes run it (channels-last,
   the default) and with ``train.channels_last=false`` (contiguous NCHW, the loop before that default);
-* the floor candidates, the same network and loss in a bare loop on one ready float batch (drawn at random, as the
-  loop's batches are):
-  ``eager`` (contiguous NCHW), ``channels_last`` (the layout the loop runs), ``compile`` (torch.compile, inductor);
-  the best of them is the floor.
+* the floor candidates, the same network and loss in a bare loop on one ready float batch (drawn
+  at random, as the loop's batches are): ``eager`` (contiguous NCHW), ``channels_last`` (the layout
+  the loop runs), ``compile`` (torch.compile, inductor); the best of them is the floor.
 
 It prints loop / floor for both loops: how much of what this torch can do on this CPU the loop
 gets. Runs under the recipe's deterministic mode.
@@ -119,7 +118,9 @@ def time_floor(exp, data, variant: str, steps: int, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="usps and mnist shapes, few batches")
-    parser.add_argument("--images", type=int, default=None, help="images per loop epoch (default 2000: 20 batches, as a period's fixed costs weigh in a run; quick 200)")
+    parser.add_argument("--images", type=int, default=None,
+                        help="images per loop epoch (default 2000: 20 batches, so a period's fixed costs weigh "
+                             "as in a run; quick 200)")
     parser.add_argument("--repeats", type=int, default=None, help="best of this many timings (default 3; quick 1)")
     parser.add_argument("--variants", default="eager,channels_last,compile")
     parser.add_argument("--json", type=Path, default=None)

@@ -7,8 +7,9 @@ adds land in an order that changes from run to run whenever more than one thread
 ``torch.use_deterministic_algorithms`` switches it (and every other op that has one) to
 a sorted, fixed-order kernel. The mode's other effect, filling every new tensor with NaN
 (``torch.utils.deterministic.fill_uninitialized_memory``, a debugging aid that changes no result),
-is switched off: it cost up to a sixth of a training step at 64x64. Everything else a run does — faiss kNN, convolutions
-(oneDNN), matmuls, the merges — already gives the same bits for a fixed thread count.
+is switched off: it cost up to a sixth of a training step at 64x64. Everything else a run
+does — faiss kNN, convolutions (oneDNN), matmuls, the merges — already gives the same bits for a
+fixed thread count.
 
 On CUDA the same switch is made together with what PyTorch's reproducibility notes
 require (``CUBLAS_WORKSPACE_CONFIG``, deterministic cuDNN without autotuning); ops that
