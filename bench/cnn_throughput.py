@@ -9,13 +9,14 @@ backward + SGD step, batch 100) of
 
 * ``loop``: ``Experiment.train_period`` itself, as a run calls it (real images of the dataset,
   its labels as clusters; uint8 indexing, the loss's triplet sampling, the optimiser, the
-  progress reporter, the per-batch loss read-out all included), as the recipes run it (channels-last,
-  the default) and with ``train.channels_last=false`` (contiguous NCHW, the loop before that default);
+  progress reporter, the per-batch loss read-out all included), with ``train.channels_last=true``
+  and ``=false`` (contiguous NCHW); the recipes' default, ``auto``, is one of the two by the shape
+  (``loop`` is that one);
 * the floor candidates, the same network and loss in a bare loop on one ready float batch (drawn
   at random, as the loop's batches are): ``eager`` (contiguous NCHW), ``channels_last`` (the layout
   the loop runs), ``compile`` (torch.compile, inductor); the best of them is the floor.
 
-It prints loop / floor for both loops: how much of what this torch can do on this CPU the loop
+It prints loop / floor for each layout: how much of what this torch can do on this CPU the loop
 gets. Runs under the recipe's deterministic mode.
 """
 from __future__ import annotations
@@ -46,7 +47,8 @@ QUICK = SHAPES[:2]
 BATCH = 100
 
 
-def experiment(recipe_name: str, overrides: list[str], n: int, data_dir: str | None, channels_last: bool | None = None):
+def experiment(recipe_name: str, overrides: list[str], n: int, data_dir: str | None,
+               channels_last: bool | None = None):
     from jule_kit.engine import Experiment
     from jule_kit.recipe import load_recipe
     from jule_kit.rundir import RunDir
@@ -133,17 +135,21 @@ def main() -> None:
     info = machine_info()
     print(f"CPU {info['cpu']}, {info['cores']} cores, torch {torch.__version__}, threads {torch.get_num_threads()}; "
           f"load {load_avg()}; {time.strftime('%Y-%m-%d')}", flush=True)
-    print("| shape | loop img/s | loop, NCHW img/s | " + " | ".join(f"{v} img/s" for v in variants)
-          + " | floor | loop / floor | loop, NCHW / floor |")
-    print("|---|---|---|" + "---|" * len(variants) + "---|---|---|")
+    print("| shape | default layout | loop img/s | loop, channels-last img/s | loop, NCHW img/s | "
+          + " | ".join(f"{v} img/s" for v in variants)
+          + " | floor | loop / floor | loop, channels-last / floor | loop, NCHW / floor |")
+    print("|---|---|---|---|---|" + "---|" * len(variants) + "---|---|---|---|")
     rows = []
     from jule_kit.determinism import deterministic_algorithms
+    from jule_kit.engine import uses_channels_last
 
     for label, recipe_name, overrides in shapes:
-        exp, data = experiment(recipe_name, overrides, n, args.data_dir)
+        exp, data = experiment(recipe_name, overrides, n, args.data_dir, channels_last=True)
         exp_nchw, _ = experiment(recipe_name, overrides, n, args.data_dir, channels_last=False)
+        default = experiment(recipe_name, overrides, 1, args.data_dir)[0].train["channels_last"]
+        default_cl = uses_channels_last(default, (1, *data.shape))
         with deterministic_algorithms(exp.recipe["deterministic"], exp.device):
-            loop = time_loop(exp, data, repeats)
+            loop_cl = time_loop(exp, data, repeats)
             loop_nchw = time_loop(exp_nchw, data, repeats)
             floor = {}
             for v in variants:
@@ -153,11 +159,15 @@ def main() -> None:
                     print(f"{label}: {v} failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})", flush=True)
                     floor[v] = float("nan")
         best = max((v for v in floor if floor[v] == floor[v]), key=floor.get)
-        rows.append({"shape": label, "recipe": recipe_name, "overrides": overrides, "loop": loop,
-                     "loop_nchw": loop_nchw, "floor": floor, "best": best, "ratio": loop / floor[best],
+        layout, loop = ("channels-last", loop_cl) if default_cl else ("NCHW", loop_nchw)
+        rows.append({"shape": label, "recipe": recipe_name, "overrides": overrides, "default_layout": layout,
+                     "loop": loop, "loop_channels_last": loop_cl, "loop_nchw": loop_nchw, "floor": floor,
+                     "best": best, "ratio": loop / floor[best], "ratio_channels_last": loop_cl / floor[best],
                      "ratio_nchw": loop_nchw / floor[best]})
-        print(f"| {label} | {loop:.0f} | {loop_nchw:.0f} | " + " | ".join(f"{floor[v]:.0f}" for v in variants)
-              + f" | {best} | {loop / floor[best]:.2f} | {loop_nchw / floor[best]:.2f} |", flush=True)
+        print(f"| {label} | {layout} | {loop:.0f} | {loop_cl:.0f} | {loop_nchw:.0f} | "
+              + " | ".join(f"{floor[v]:.0f}" for v in variants)
+              + f" | {best} | {loop / floor[best]:.2f} | {loop_cl / floor[best]:.2f} | {loop_nchw / floor[best]:.2f} |",
+              flush=True)
     print(f"load at the end {load_avg()}")
     if args.json is not None:
         args.json.write_text(json.dumps({"machine": info, "command": " ".join(["python", *sys.argv]),

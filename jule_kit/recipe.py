@@ -39,7 +39,7 @@ class TrainSettings:
     feature_mode: Literal["eval", "train"] = "eval"  # BN mode when extracting clustering features
     feature_batch_size: int = 1000
     final_bn: Literal["refresh", "keep"] = "refresh"  # batch-norm statistics for the final stage's features
-    channels_last: bool = True  # the network's memory format: channels-last convolutions are 1.1-1.4x faster on the CPU
+    channels_last: bool | Literal["auto"] = "auto"  # the network's memory format (engine.uses_channels_last)
 
 
 TRAIN_HELP = {
@@ -55,8 +55,9 @@ TRAIN_HELP = {
     "max_periods": "stop the joint loop after this many periods even above the target",
     "feature_mode": "batch-norm mode when extracting clustering features: eval or train (the Torch code)",
     "feature_batch_size": "batch size for feature extraction",
-    "channels_last": "true (default): run the network in channels-last memory format (1.1-1.4x faster training on the "
-    "CPU, docs/PERFORMANCE.md section 9); false: contiguous NCHW, the same results within float rounding but other bits",
+    "channels_last": "auto (default): channels-last memory format for inputs of 32x32 pixels and more (1.3-1.6x faster "
+    "training on the CPU there), contiguous NCHW below (faster for 16x16 and 28x28; docs/PERFORMANCE.md section 9); "
+    "true / false: always / never channels-last. Either gives the same results within float rounding but other bits",
     "final_bn": "refresh: re-estimate batch-norm statistics of the final network on all images before the final "
     "stage (what the Torch code's last train-mode feature pass does); keep: the training-time running averages",
 }

@@ -181,3 +181,31 @@ def test_channels_last_trains_the_same_network_within_float_rounding(usps_subset
     for name in plain[2]:
         torch.testing.assert_close(last[2][name], plain[2][name], rtol=1e-3, atol=1e-4 * scale, msg=name)
         assert torch.equal(last[2][name], again[2][name]), name  # and bit for bit from one step to the next
+
+
+def test_channels_last_auto_picks_the_layout_by_input_size(usps_subset, tmp_path):
+    """train.channels_last=auto (the default): NCHW below 32x32 pixels, channels-last from there."""
+    from jule_kit.engine import Experiment, uses_channels_last
+    from jule_kit.recipe import load_recipe
+    from jule_kit.rundir import RunDir
+
+    assert [uses_channels_last("auto", (100, 1, h, w)) for h, w in [(16, 16), (28, 28), (32, 32), (112, 92)]] == [
+        False, False, True, True]
+    assert uses_channels_last(True, (100, 1, 16, 16)) and not uses_channels_last(False, (100, 3, 64, 64))
+    assert not uses_channels_last("auto", (100, 4096))  # flat features have no layout
+
+    def conv_layout(size: int) -> bool:
+        recipe = load_recipe(Path(__file__).resolve().parent.parent / "recipes" / "jule_usps.yaml",
+                             [f"data={usps_subset}", "device=cpu", f"data.resize=[{size}, {size}]"])
+        assert recipe["train"]["channels_last"] == "auto"
+        experiment = Experiment(recipe, RunDir(tmp_path / str(size)))
+        data = experiment.load_data()
+        model = experiment.build_model(data)
+        conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+        layouts = []  # the conv's 50-channel output shows the memory format (1-channel input cannot)
+        conv.register_forward_hook(lambda module, inputs, output: layouts.append(not output.is_contiguous()))
+        with torch.no_grad():
+            model(experiment.network_input(torch.as_tensor(data.images[:2])))
+        return layouts[0]
+
+    assert [conv_layout(16), conv_layout(32)] == [False, True]

@@ -93,6 +93,8 @@ def test_cnn_throughput_quick(data_dir: Path) -> None:
     rows = [ln.strip("|").split("|") for ln in stdout.splitlines() if ln.startswith(("| usps", "| mnist"))]
     assert [r[0].strip() for r in rows] == ["usps 1x16x16", "mnist 1x28x28"], stdout
     for r in rows:
-        speeds = [float(v) for v in r[1:5]]  # loop (channels-last), loop NCHW, eager, channels_last
+        assert r[1].strip() == "NCHW", r  # train.channels_last=auto below 32x32
+        speeds = [float(v) for v in r[2:7]]  # loop, loop channels-last, loop NCHW, eager, channels_last
         assert all(v > 0 for v in speeds), r
-        assert r[5].strip() in ("eager", "channels_last") and 0 < float(r[6]) and 0 < float(r[7])
+        assert speeds[0] == speeds[2], r  # the default loop is the NCHW one
+        assert r[7].strip() in ("eager", "channels_last") and all(0 < float(v) for v in r[8:11]), r
