@@ -142,11 +142,12 @@ def main() -> None:
     rows = []
     from jule_kit.determinism import deterministic_algorithms
     from jule_kit.engine import uses_channels_last
+    from jule_kit.recipe import load_recipe
 
     for label, recipe_name, overrides in shapes:
         exp, data = experiment(recipe_name, overrides, n, args.data_dir, channels_last=True)
         exp_nchw, _ = experiment(recipe_name, overrides, n, args.data_dir, channels_last=False)
-        default = experiment(recipe_name, overrides, 1, args.data_dir)[0].train["channels_last"]
+        default = load_recipe(REPO / "recipes" / f"{recipe_name}.yaml", overrides)["train"]["channels_last"]
         default_cl = uses_channels_last(default, (1, *data.shape))
         with deterministic_algorithms(exp.recipe["deterministic"], exp.device):
             loop_cl = time_loop(exp, data, repeats)

@@ -1,4 +1,4 @@
-"""Approximate neighbours (``affinity.knn: ivf | hnsw``) against the exact graph: recall and NMI.
+"""Approximate neighbours (``affinity.knn: kmeans_tree | ivf | hnsw``) against the exact graph: recall and NMI.
 
     python bench/knn_recall.py                           # MNIST-test and MNIST-full, AC-GDL on pixels
     python bench/knn_recall.py --jule runs/reproduce/jule_mnist_test   # + JULE's final stage, per seed
@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from clusterbench import REPO, load_avg, load_recipe_for, machine_info, mnist_features, run_stage  # noqa: E402
 
-SEARCHES = ("exact", "ivf", "hnsw")
+SEARCHES = ("exact", "kmeans_tree", "ivf", "hnsw")
 
 
 def recall(approximate: np.ndarray, exact: np.ndarray) -> float:

@@ -52,16 +52,26 @@ def _torch_knn(x: torch.Tensor, k: int, block: int) -> tuple[torch.Tensor, torch
     return torch.cat(dists), torch.cat(idxs)
 
 
-#: Index kinds for the neighbour search: exact, faiss's inverted lists (IVF) or HNSW graph.
-SEARCHES = ("exact", "ivf", "hnsw")
+#: Index kinds for the neighbour search: exact, a two-level k-means tree (torch, any device),
+#: faiss's inverted lists (IVF) or HNSW graph.
+SEARCHES = ("exact", "kmeans_tree", "ivf", "hnsw")
+TREE_LEAF_SIZE = 256  # kmeans_tree: mean points per leaf when nlist is not given
+# lists visited when nprobe is not given: a tree leaf's queries share their probes, so it visits more
+DEFAULT_NPROBE = {"kmeans_tree": 32, "ivf": 16}
 
 
 @dataclass(frozen=True)
 class Search:
-    """How to find the neighbours: ``exact`` (every pair), or an approximate faiss index.
+    """How to find the neighbours: ``exact`` (every pair), a k-means tree, or an approximate faiss index.
 
+    ``kmeans_tree``: the points are split into ``nlist`` leaves (None: N/256) by a two-level k-means
+    (√nlist cells, each cut into leaves in proportion to its size, every k-means trained on at most
+    ``train_per_list`` points a centroid); each leaf's points take their neighbours among the points
+    of the ``nprobe`` leaves (None: 32) whose centroids are nearest its own, one matrix product per leaf. Every
+    step is linear in N at a fixed leaf size, and it runs in torch on the CPU or a GPU, bit for bit
+    the same from run to run on one machine.
     ``ivf``: IndexIVFFlat, ``nlist`` lists (None: 4·√N) trained by k-means on at most
-    ``train_per_list``·nlist points (faiss's own seed), ``nprobe`` lists visited per query.
+    ``train_per_list``·nlist points (faiss's own seed), ``nprobe`` lists (None: 16) visited per query.
     ``hnsw``: IndexHNSWFlat with ``hnsw_m`` links per node and ``ef_search`` candidates per query;
     built on one thread while PyTorch's deterministic mode is on (a parallel build inserts points
     in a thread-dependent order, so its graph, and the neighbours, would vary from run to run).
@@ -70,7 +80,7 @@ class Search:
 
     kind: str = "exact"
     nlist: int | None = None
-    nprobe: int = 16
+    nprobe: int | None = None
     train_per_list: int = 64
     hnsw_m: int = 32
     ef_search: int = 128
@@ -78,11 +88,17 @@ class Search:
     def __post_init__(self) -> None:
         if self.kind not in SEARCHES:
             raise ValueError(f"knn must be one of {', '.join(SEARCHES)}, got {self.kind!r}")
-        for name in ("nprobe", "train_per_list", "hnsw_m", "ef_search"):
+        for name in ("train_per_list", "hnsw_m", "ef_search"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.nlist is not None and self.nlist < 1:
-            raise ValueError(f"nlist must be >= 1, got {self.nlist}")
+        for name in ("nprobe", "nlist"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def probes(self) -> int:
+        """Lists visited: ``nprobe``, or the kind's default."""
+        return self.nprobe or DEFAULT_NPROBE.get(self.kind, 16)
 
 
 EXACT = Search()
@@ -102,7 +118,10 @@ def knn(x: torch.Tensor, k: int, backend: str = "auto", block: int = 4096,
     x = x.detach().float().contiguous()
     kq = k + 1
     name = choose_backend(x.device, backend)
-    if name == "faiss" and search.kind != "exact":
+    if search.kind == "kmeans_tree":
+        d_t, i_t = _tree_search(x, kq, search)
+        d, i = d_t.cpu().numpy(), i_t.cpu().numpy()
+    elif name == "faiss" and search.kind != "exact":
         d, i = _faiss_index_search(x.cpu().numpy(), kq, search)
     elif name == "faiss":
         xs = x.detach().cpu().numpy() if x.device.type == "cpu" or not hasattr(faiss, "StandardGpuResources") else x
@@ -135,7 +154,7 @@ def _faiss_index_search(xs: np.ndarray, kq: int, search: Search) -> tuple[np.nda
         index.cp.max_points_per_centroid = search.train_per_list  # faiss samples the training set with its seed
         index.train(xs)
         index.add(xs)
-        index.nprobe = min(search.nprobe, nlist)
+        index.nprobe = min(search.probes, nlist)
         d, i = index.search(xs, kq)
     else:
         index = faiss.IndexHNSWFlat(dim, search.hnsw_m, faiss.METRIC_L2)
@@ -156,6 +175,81 @@ def _faiss_index_search(xs: np.ndarray, kq: int, search: Search) -> tuple[np.nda
             i[r, missing[r]] = i[r, last[r]]
             d[r, missing[r]] = d[r, last[r]]
     return np.maximum(d, 0), i
+
+
+def _tree_search(x: torch.Tensor, kq: int, search: Search, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Approximate self-search of the rows of ``x`` through a two-level k-means tree (see :class:`Search`)."""
+    n = x.shape[0]
+    nlist = max(1, min(search.nlist or round(n / TREE_LEAF_SIZE), n // kq))
+    leaf = _tree_leaves(x, nlist, search.train_per_list, seed)
+    centroids = torch.zeros(nlist, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, leaf, x)
+    sizes = torch.bincount(leaf, minlength=nlist)
+    centroids /= sizes.clamp_min(1)[:, None].to(x.dtype)
+    order = torch.argsort(leaf, stable=True)
+    starts = (torch.cumsum(sizes, 0) - sizes).tolist()
+    counts = sizes.tolist()
+    # each leaf's probe order: the leaves by distance of their centroids (empty ones last), blocked
+    wanted = min(nlist, search.probes * 4)
+    c_sq = (centroids * centroids).sum(1).masked_fill(sizes == 0, torch.inf)
+    probes = torch.cat([(c_sq[None, :] - 2.0 * (centroids[s:s + 1024] @ centroids.T)).topk(
+        wanted, dim=1, largest=False).indices for s in range(0, nlist, 1024)]).tolist()
+    x_sq = (x * x).sum(1)
+    dist = torch.empty(n, kq, dtype=x.dtype, device=x.device)
+    index = torch.empty(n, kq, dtype=torch.long, device=x.device)
+    for cell in range(nlist):
+        if counts[cell] == 0:
+            continue
+        queries = order[starts[cell]:starts[cell] + counts[cell]]
+        visit, found = [], 0
+        for p in probes[cell]:  # the nprobe nearest leaves, more where they hold fewer than kq points
+            if len(visit) >= search.probes and found >= kq:
+                break
+            visit.append(order[starts[p]:starts[p] + counts[p]])
+            found += counts[p]
+        candidates = torch.cat(visit)
+        if found < kq:  # tiny leaves all around: search every point
+            candidates = torch.arange(n, device=x.device)
+        d = x_sq[queries, None] + x_sq[None, candidates] - 2.0 * (x[queries] @ x[candidates].T)
+        d, j = torch.topk(d, kq, dim=1, largest=False, sorted=True)
+        dist[queries], index[queries] = d.clamp_min_(0), candidates[j]
+    return dist, index
+
+
+def _tree_leaves(x: torch.Tensor, nlist: int, train_per_list: int, seed: int) -> torch.Tensor:
+    """The leaf of every row: k-means into √nlist cells, then each cell's rows into its share of the leaves."""
+    n = x.shape[0]
+    generator = torch.Generator().manual_seed(seed)
+    n_cells = max(1, min(nlist, round(math.sqrt(nlist))))
+    cell = _kmeans_assign(x, n_cells, train_per_list, generator)
+    leaf = torch.empty(n, dtype=torch.long, device=x.device)
+    cell_sizes = torch.bincount(cell, minlength=n_cells).tolist()
+    # leaves per cell in proportion to its size (largest remainders), at least one per non-empty cell
+    quota = [nlist * size / n for size in cell_sizes]
+    shares = [max(1, int(q)) if size else 0 for q, size in zip(quota, cell_sizes)]
+    for c in sorted(range(n_cells), key=lambda c: (int(quota[c]) - quota[c], c))[:max(0, nlist - sum(shares))]:
+        shares[c] += 1 if cell_sizes[c] > shares[c] else 0
+    order = torch.argsort(cell, stable=True)
+    start, first_leaf = 0, 0
+    for c in range(n_cells):
+        rows = order[start:start + cell_sizes[c]]
+        start += cell_sizes[c]
+        if not len(rows):
+            continue
+        sub = _kmeans_assign(x[rows], min(shares[c], len(rows)), train_per_list, generator)
+        leaf[rows] = sub + first_leaf
+        first_leaf += min(shares[c], len(rows))
+    return leaf
+
+
+def _kmeans_assign(x: torch.Tensor, k: int, train_per_list: int, generator: torch.Generator,
+                   niter: int = 10) -> torch.Tensor:
+    """The nearest of ``k`` k-means centroids, trained on a seeded sample of ``train_per_list``·k rows."""
+    n = x.shape[0]
+    if k <= 1:
+        return torch.zeros(n, dtype=torch.long, device=x.device)
+    sample = torch.randperm(n, generator=generator)[:min(n, train_per_list * k)].to(x.device)
+    centroids, _ = _torch_kmeans(x[sample], x[sample[:k]], niter, 8192)
+    return nearest_centroid(x, centroids, 8192)
 
 
 def _drop_self(d: np.ndarray, i: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

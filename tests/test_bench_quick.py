@@ -81,9 +81,9 @@ def test_determinism_cost_quick(tmp_path: Path) -> None:
 def test_knn_recall_quick(data_dir: Path) -> None:
     stdout = run(["bench/knn_recall.py", "--quick"])
     rows = [ln.strip("|").split("|") for ln in stdout.splitlines() if ln.startswith("| mnist_test pixels")]
-    assert [r[2].strip() for r in rows] == ["exact", "ivf", "hnsw"], stdout
+    assert [r[2].strip() for r in rows] == ["exact", "kmeans_tree", "ivf", "hnsw"], stdout
     recalls = {r[2].strip(): float(r[5]) for r in rows}
-    assert recalls["exact"] == 1.0 and 0.9 <= recalls["ivf"] <= 1.0 and 0.9 <= recalls["hnsw"] <= 1.0
+    assert recalls["exact"] == 1.0 and all(0.9 <= recalls[kind] <= 1.0 for kind in ("kmeans_tree", "ivf", "hnsw"))
     for r in rows:
         assert_nmi(float(r[6]))
 

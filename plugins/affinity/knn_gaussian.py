@@ -21,11 +21,13 @@ class KnnGaussian:
         "a": "sigma^2 scale: sigma^2 = a * mean squared kNN distance (paper: 1)",
         "normalize": "row normalisation of features: l2 (paper), renorm (the Torch code: cap norms at 1), none",
         "backend": "kNN backend: auto (faiss where installed, torch otherwise), faiss, torch",
-        "knn": "neighbour search: exact; ivf or hnsw (faiss's approximate indexes, CPU; the torch backend "
-        "searches exactly); auto: exact below exact_below samples, ivf from there",
-        "exact_below": "with knn=auto: the number of samples from which the search is approximate (ivf)",
-        "nlist": "ivf: number of inverted lists (null: 4*sqrt(N))",
-        "nprobe": "ivf: lists visited per query (more: higher recall, slower)",
+        "knn": "neighbour search: exact; kmeans_tree (approximate: a two-level k-means tree searched leaf by leaf, "
+        "linear in N, in torch on any device); ivf or hnsw (faiss's approximate indexes, CPU; the torch backend "
+        "searches exactly); auto: exact below exact_below samples, kmeans_tree from there",
+        "exact_below": "with knn=auto: the number of samples from which the search is approximate (kmeans_tree)",
+        "nlist": "kmeans_tree: number of leaves (null: N/256); ivf: number of inverted lists (null: 4*sqrt(N))",
+        "nprobe": "kmeans_tree: leaves searched for each leaf's points (null: 32); ivf: lists visited per query "
+        "(null: 16); more: higher recall, slower",
         "hnsw_m": "hnsw: links per node",
         "ef_search": "hnsw: candidates kept per query (at least k_s + 1)",
     }
@@ -37,10 +39,10 @@ class KnnGaussian:
         a: float = 1.0,
         normalize: Literal["l2", "renorm", "none"] = "l2",
         backend: Literal["auto", "faiss", "torch"] = "auto",
-        knn: Literal["auto", "exact", "ivf", "hnsw"] = "auto",
+        knn: Literal["auto", "exact", "kmeans_tree", "ivf", "hnsw"] = "auto",
         exact_below: int = 100_000,
         nlist: int | None = None,
-        nprobe: int = 16,
+        nprobe: int | None = None,
         hnsw_m: int = 32,
         ef_search: int = 128,
     ) -> None:
@@ -52,11 +54,11 @@ class KnnGaussian:
         self.knn, self.exact_below = knn, exact_below
         # checks the index parameters now, so a bad value fails before any work starts
         self.approximate = {kind: Search(kind, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_search=ef_search)
-                            for kind in ("ivf", "hnsw")}
+                            for kind in ("kmeans_tree", "ivf", "hnsw")}
 
     def search(self, n: int) -> Search:
         """The index the graph of ``n`` samples is searched with."""
-        kind = ("exact" if n < self.exact_below else "ivf") if self.knn == "auto" else self.knn
+        kind = ("exact" if n < self.exact_below else "kmeans_tree") if self.knn == "auto" else self.knn
         return self.approximate.get(kind, EXACT)
 
     def prepare(self, features: torch.Tensor) -> torch.Tensor:
