@@ -3,15 +3,16 @@
     python bench/growth.py                      # MNIST subsets 10k, 20k, 40k, 70k + 200k synthetic (CPU)
     python bench/growth.py --quick              # MNIST 5k, 10k (under a minute)
     python bench/growth.py --device cuda --include-1m   # on a GPU machine (torch kNN on the GPU), up to 1M
-    python bench/growth.py --set affinity.knn=ivf --sizes 70000 --synthetic-sizes 200000,500000,1000000
-                                                # faiss's IVF index on the CPU: a million points on 2 cores
+    python bench/growth.py --set affinity.knn=kmeans_tree --sizes 70000 \
+        --synthetic-sizes 70000,200000,500000,1000000   # the k-means tree graph: a million points on 2 cores
 
 Each N runs in a fresh child process (peak RSS is that N's alone): the recipe's kNN graph,
 path-integral initial clusters and GDL merges down to 10 clusters, exactly the library code
 the recipe runs. MNIST sizes are the recipe's seeded subsets of mnist_full (784-d pixels);
 synthetic sizes are 160-d Gaussian blobs (1000 blobs in 10 groups), L2-normalised like the
 JULE CNN's embeddings. The exact kNN over 1M x 160 is about 1e14 flops, GPU work: it is only
-run with --include-1m; with ``--set affinity.knn=ivf`` the graph is approximate and 1M is CPU work.
+run with --include-1m; with ``--set affinity.knn=kmeans_tree`` (or ``ivf``) the graph is approximate
+and 1M is CPU work.
 """
 from __future__ import annotations
 
@@ -49,10 +50,13 @@ def print_table(rows: list[dict]) -> None:
 
 
 def slopes(rows: list[dict]) -> dict[str, float]:
-    """Log-log slopes of time and peak memory against N: all rows, and the MNIST rows alone."""
+    """Log-log slopes of time and peak memory against N: all rows, the MNIST rows, the synthetic rows."""
     out: dict[str, float] = {}
-    groups = {"all": rows, "mnist": [r for r in rows if r["data"] == "mnist"]}
+    groups = {"all": rows, "mnist": [r for r in rows if r["data"] == "mnist"],
+              "synthetic": [r for r in rows if r["data"] == "synthetic"]}
     for name, rs in groups.items():
+        if len(rs) < 2:
+            continue
         ns = [r["n"] for r in rs]
         out[f"{name}_seconds"] = loglog_slope(ns, [r["seconds"] for r in rs])
         out[f"{name}_knn_seconds"] = loglog_slope(ns, [r["parts"]["knn_graph"] for r in rs])
@@ -118,7 +122,7 @@ def main() -> None:
                         help="device of the kNN search (cuda: torch kNN on the GPU; merging stays on the CPU)")
     parser.add_argument("--recipe", default=str(DEFAULT_RECIPE))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="recipe override, e.g. --set affinity.knn=ivf (repeatable)")
+                        help="recipe override, e.g. --set affinity.knn=kmeans_tree (repeatable)")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--json", type=Path, default=None, help="write the rows and slopes to this JSON file")
     parser.add_argument("--plot", type=Path, default=REPO / "docs" / "growth_cpu.png",
@@ -136,7 +140,7 @@ def main() -> None:
         summarise(saved["rows"], args, saved["machine"], saved["device"], saved["recipe"])
         return
 
-    mnist = sizes_arg(args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES))
+    mnist = sizes_arg(args.sizes if args.sizes is not None else (QUICK_SIZES if args.quick else DEFAULT_SIZES))
     synthetic = sizes_arg(args.synthetic_sizes if args.synthetic_sizes is not None
                           else ("" if args.quick else DEFAULT_SYNTHETIC))
     if args.include_1m and ONE_MILLION not in synthetic:
@@ -180,12 +184,11 @@ def summarise(rows: list[dict], args: argparse.Namespace, info: dict, device: st
     print()
     if len(rows) < 2:
         print("log-log slopes need two or more sizes")
-    else:
-        print(f"log-log slope of time vs N: all rows {fit['all_seconds']:.2f} (kNN {fit['all_knn_seconds']:.2f}, "
-              f"init + merging {fit['all_clustering_seconds']:.2f}); MNIST rows {fit['mnist_seconds']:.2f} "
-              f"(kNN {fit['mnist_knn_seconds']:.2f}, init + merging {fit['mnist_clustering_seconds']:.2f})")
-        print(f"log-log slope of peak RSS vs N: all rows {fit['all_peak_rss']:.2f} (above the pre-stage RSS "
-              f"{fit['all_peak_growth']:.2f}); MNIST rows {fit['mnist_peak_rss']:.2f} ({fit['mnist_peak_growth']:.2f})")
+    for name in ("all", "mnist", "synthetic"):
+        if f"{name}_seconds" in fit:
+            print(f"log-log slopes, {name} rows: time {fit[f'{name}_seconds']:.2f} (kNN {fit[f'{name}_knn_seconds']:.2f}, "
+                  f"init + merging {fit[f'{name}_clustering_seconds']:.2f}); peak RSS {fit[f'{name}_peak_rss']:.2f} "
+                  f"(above the pre-stage RSS {fit[f'{name}_peak_growth']:.2f})")
     if not args.no_plot and rows:
         title = f"AC-GDL clustering stage ({Path(recipe).name}), {device}, {info['cpu']} x{info['cores']}"
         plot(rows, args.plot, title)
