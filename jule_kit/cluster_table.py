@@ -14,12 +14,11 @@ import scipy.sparse as sp
 
 def gather_rows(m: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The non-zeros of ``m[rows]`` as (position in ``rows``, column, value), vectorised."""
-    starts, ends = m.indptr[rows], m.indptr[rows + 1]
-    counts = ends - starts
-    total = int(counts.sum())
+    starts = m.indptr[rows]
+    counts = m.indptr[rows + 1] - starts
     owner = np.repeat(np.arange(len(rows)), counts)
-    offsets = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
-    flat = np.repeat(starts, counts) + offsets
+    # entry e of row position p sits at starts[p] + (e - first entry of p)
+    flat = np.arange(len(owner)) + (starts - (np.cumsum(counts) - counts))[owner]
     return owner, m.indices[flat], m.data[flat]
 
 
@@ -45,10 +44,12 @@ class SparseClusterState:
         order = np.argsort(self._labels, kind="stable")
         counts = np.bincount(self._labels)
         bounds = np.concatenate([[0], np.cumsum(counts)])
-        self.members: dict[int, np.ndarray] = {
-            c: order[bounds[c]:bounds[c + 1]] for c in range(len(counts)) if counts[c] > 0
+        # each cluster's samples as a list of arrays, joined only when asked for (members_of): a merge then
+        # costs the smaller cluster's size, not the larger's (a giant cluster would make merging quadratic)
+        self.members: dict[int, list[np.ndarray]] = {
+            c: [order[bounds[c]:bounds[c + 1]]] for c in range(len(counts)) if counts[c] > 0
         }
-        self.size: dict[int, int] = {c: int(len(m)) for c, m in self.members.items()}
+        self.size: dict[int, int] = {c: int(counts[c]) for c in self.members}
         self.aff: dict[int, dict[int, float]] = {c: {} for c in self.members}
 
     # -- the LinkageState protocol ------------------------------------------------------
@@ -65,11 +66,19 @@ class SparseClusterState:
         return len(self.members)
 
     # -- helpers for subclasses ---------------------------------------------------------
+    def members_of(self, cluster: int) -> np.ndarray:
+        """The samples of ``cluster``."""
+        chunks = self.members[cluster]
+        if len(chunks) > 1:
+            chunks[:] = [np.concatenate(chunks)]
+        return chunks[0]
+
     def _absorb(self, keep: int, gone: int) -> None:
         """Move ``gone``'s samples into ``keep`` (the caller updates the tables)."""
         moved = self.members.pop(gone)
-        self._labels[moved] = keep
-        self.members[keep] = np.concatenate([self.members[keep], moved])
+        for chunk in moved:
+            self._labels[chunk] = keep
+        self.members[keep].extend(moved)
         self.size[keep] += self.size.pop(gone)
 
     def _set_aff(self, a: int, b: int, value: float) -> None:

@@ -57,7 +57,7 @@ class GDLState(SparseClusterState):
     def _cross_terms(self, big: int, small: int) -> dict[int, float]:
         """X(y) for every cluster y other than the two being merged."""
         lab = self._labels
-        mem = self.members[small]
+        mem = self.members_of(small)
         # d_out(u→small) for the in-neighbours u of small, d_in(v←small) for its out-neighbours
         owner, src, w = gather_rows(self.wt, mem)
         r_out, inv = np.unique(src, return_inverse=True)
