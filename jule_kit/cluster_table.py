@@ -36,6 +36,22 @@ def dict_of_rows(m: sp.csr_matrix) -> dict[int, dict[int, float]]:
     return {r: dict(zip(ind[ptr[r]:ptr[r + 1]], dat[ptr[r]:ptr[r + 1]])) for r in range(m.shape[0])}
 
 
+class _Members(Mapping):
+    """``state.members[c]``: the samples of cluster c, joined from their chunks when read."""
+
+    def __init__(self, state: "SparseClusterState") -> None:
+        self._state = state
+
+    def __getitem__(self, cluster: int) -> np.ndarray:
+        return self._state.members_of(cluster)
+
+    def __iter__(self):
+        return iter(self._state._chunks)
+
+    def __len__(self) -> int:
+        return len(self._state._chunks)
+
+
 class SparseClusterState:
     """Partition of the samples plus a symmetric sparse affinity table ``aff``."""
 
@@ -44,41 +60,42 @@ class SparseClusterState:
         order = np.argsort(self._labels, kind="stable")
         counts = np.bincount(self._labels)
         bounds = np.concatenate([[0], np.cumsum(counts)])
-        # each cluster's samples as a list of arrays, joined only when asked for (members_of): a merge then
-        # costs the smaller cluster's size, not the larger's (a giant cluster would make merging quadratic)
-        self.members: dict[int, list[np.ndarray]] = {
+        # each cluster's samples as a list of arrays, joined only when asked for: a merge then costs the
+        # smaller cluster's size, not the larger's (a giant cluster would make merging quadratic)
+        self._chunks: dict[int, list[np.ndarray]] = {
             c: [order[bounds[c]:bounds[c + 1]]] for c in range(len(counts)) if counts[c] > 0
         }
-        self.size: dict[int, int] = {c: int(counts[c]) for c in self.members}
-        self.aff: dict[int, dict[int, float]] = {c: {} for c in self.members}
+        self.members = _Members(self)
+        self.size: dict[int, int] = {c: int(counts[c]) for c in self._chunks}
+        self.aff: dict[int, dict[int, float]] = {c: {} for c in self._chunks}
 
     # -- the LinkageState protocol ------------------------------------------------------
     def affinities(self, cluster: int) -> Mapping[int, float]:
         return self.aff[cluster]
 
     def clusters(self) -> Iterable[int]:
-        return self.members.keys()
+        return self._chunks.keys()
 
     def labels(self) -> np.ndarray:
         return self._labels
 
     def __len__(self) -> int:
-        return len(self.members)
+        return len(self._chunks)
 
     # -- helpers for subclasses ---------------------------------------------------------
     def members_of(self, cluster: int) -> np.ndarray:
-        """The samples of ``cluster``."""
-        chunks = self.members[cluster]
+        """The samples of ``cluster`` (also ``self.members[cluster]``)."""
+        chunks = self._chunks[cluster]
         if len(chunks) > 1:
             chunks[:] = [np.concatenate(chunks)]
         return chunks[0]
 
     def _absorb(self, keep: int, gone: int) -> None:
         """Move ``gone``'s samples into ``keep`` (the caller updates the tables)."""
-        moved = self.members.pop(gone)
+        moved = self._chunks.pop(gone)
         for chunk in moved:
             self._labels[chunk] = keep
-        self.members[keep].extend(moved)
+        self._chunks[keep].extend(moved)
         self.size[keep] += self.size.pop(gone)
 
     def _set_aff(self, a: int, b: int, value: float) -> None:

@@ -45,10 +45,13 @@ class GDLState(SparseClusterState):
     def __init__(self, graph: Graph, labels: np.ndarray, exact: bool, middle: bool = False) -> None:
         super().__init__(labels)
         self.middle = middle
-        self.w = graph.weights.tocsr()
-        self.wt = self.w.T.tocsr()
+        w = graph.weights.tocsr()
+        self.n = w.shape[0]
+        # rows 0..N-1: Wᵀ (a sample's in-edges), rows N..2N-1: W (its out-edges), so that one gather
+        # serves both directions
+        self.w_in_out = sp.vstack([w.T.tocsr(), w], format="csr")
         self.exact = exact
-        b = gdl_tables(self.w, self._labels)
+        b = gdl_tables(w, self._labels)
         self.b: dict[int, dict[int, float]] = dict_of_rows(b)
         sizes = np.array([self.size[c] for c in range(len(self.size))], dtype=np.float64)
         q = b @ sp.diags(1.0 / sizes**2) if middle else sp.diags(1.0 / sizes**2) @ b  # B(i→j)/|j|² or /|i|²
@@ -56,25 +59,19 @@ class GDLState(SparseClusterState):
 
     def _cross_terms(self, big: int, small: int) -> dict[int, float]:
         """X(y) for every cluster y other than the two being merged."""
-        lab = self._labels
-        mem = self.members_of(small)
-        # d_out(u→small) for the in-neighbours u of small, d_in(v←small) for its out-neighbours
-        owner, src, w = gather_rows(self.wt, mem)
-        r_out, inv = np.unique(src, return_inverse=True)
-        d_out_small = np.bincount(inv, weights=w, minlength=len(r_out))
-        owner, dst, w = gather_rows(self.w, mem)
-        r_in, inv = np.unique(dst, return_inverse=True)
-        d_in_small = np.bincount(inv, weights=w, minlength=len(r_in))
-        # the same degrees towards ``big`` at those samples
-        o, cols, w = gather_rows(self.wt, r_out)
+        lab, n = self._labels, self.n
+        mem = self.members[small]
+        # key u < N: an in-neighbour u of small with d_out(u→small); key N + v: an out-neighbour v with d_in(v←small)
+        owner, keys, w = gather_rows(self.w_in_out, np.concatenate([mem, mem + n]))
+        keys, inv = np.unique(keys + n * (owner >= len(mem)), return_inverse=True)
+        deg_small = np.bincount(inv, weights=w, minlength=len(keys))
+        # the same samples' degree towards big, read off the other direction: d_in(u←big), d_out(v→big);
+        # row ``key`` of the stacked matrix is exactly that direction of that sample
+        o, cols, w = gather_rows(self.w_in_out, keys)
         keep = lab[cols] == big
-        d_in_big = np.bincount(o[keep], weights=w[keep], minlength=len(r_out))
-        o, cols, w = gather_rows(self.w, r_in)
-        keep = lab[cols] == big
-        d_out_big = np.bincount(o[keep], weights=w[keep], minlength=len(r_in))
-        rows = np.concatenate([r_out, r_in])
-        vals = np.concatenate([d_in_big * d_out_small, d_in_small * d_out_big])
-        target = lab[rows]
+        deg_big = np.bincount(o[keep], weights=w[keep], minlength=len(keys))
+        vals = deg_small * deg_big
+        target = lab[keys - n * (keys >= n)]
         keep = (vals > 0) & (target != big) & (target != small)
         if not keep.any():
             return {}
