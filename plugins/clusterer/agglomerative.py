@@ -252,18 +252,15 @@ class Agglomerative:
             parent[parent == small] = big
         return contiguous(parent[labels])
 
-    def _score(self, state: LinkageState, c: int, n_clusters: int) -> float:
-        k_c = self.k_c if n_clusters > self.kc_min_clusters else 1
-        return merge_score(state.affinities(c).values(), k_c, self.lam)
-
     def _merge_steps(self, state: LinkageState, steps: int, ctx: ForwardContext, offset: int, total: int) -> int:
         """Greedy merges with a lazily invalidated heap of cluster scores."""
         n_clusters = sum(1 for _ in state.clusters())
         version: dict[int, int] = {}
         heap: list[tuple[float, int, int]] = []
+        k_c = self.k_c if n_clusters > self.kc_min_clusters else 1  # K_c only above kc_min_clusters
         for c in state.clusters():
             version[c] = 0
-            s = self._score(state, c, n_clusters)
+            s = merge_score(state.affinities(c).values(), k_c, self.lam)
             if s > -math.inf:
                 heap.append((-s, c, 0))
         heapq.heapify(heap)
@@ -279,9 +276,10 @@ class Agglomerative:
             version.pop(gone, None)
             n_clusters -= 1
             done += 1
+            k_c = self.k_c if n_clusters > self.kc_min_clusters else 1
             for x in changed:
                 version[x] = version.get(x, 0) + 1
-                s = self._score(state, x, n_clusters)
+                s = merge_score(state.affinities(x).values(), k_c, self.lam)
                 if s > -math.inf:
                     heapq.heappush(heap, (-s, x, version[x]))
             if ctx.progress is not None and (done % report_every == 0 or done == steps):
