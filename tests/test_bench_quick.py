@@ -51,7 +51,7 @@ def test_growth_quick(data_dir: Path, tmp_path: Path) -> None:
     out_json, out_png = tmp_path / "growth.json", tmp_path / "growth.png"
     stdout = run(["bench/growth.py", "--quick", "--sizes", "2000,4000", "--json", str(out_json),
                   "--plot", str(out_png)])
-    assert re.search(r"log-log slope of time vs N: all rows -?[0-9.]+", stdout), stdout
+    assert re.search(r"log-log slopes, mnist rows: time -?[0-9.]+ \(kNN -?[0-9.]+", stdout), stdout
     table = [ln for ln in stdout.splitlines() if ln.startswith("| mnist |")]
     assert len(table) == 2, stdout
     for line in table:
