@@ -67,9 +67,10 @@ class Search:
     ``kmeans_tree``: the points are split into ``nlist`` leaves (None: N/256) by a two-level k-means
     (√nlist cells, each cut into leaves in proportion to its size, every k-means trained on at most
     ``train_per_list`` points a centroid); each leaf's points take their neighbours among the points
-    of the ``nprobe`` leaves (None: 32) whose centroids are nearest its own, one matrix product per leaf. Every
-    step is linear in N at a fixed leaf size, and it runs in torch on the CPU or a GPU, bit for bit
-    the same from run to run on one machine.
+    of the ``nprobe`` leaves (None: 32) whose centroids are nearest its own, one matrix product per
+    leaf. At a fixed leaf size that scan, most of the work, is linear in N (the k-means levels grow as
+    N·√nlist, the probe lists as nlist², both small). It runs in torch on the CPU or a GPU, bit for
+    bit the same from run to run on one machine.
     ``ivf``: IndexIVFFlat, ``nlist`` lists (None: 4·√N) trained by k-means on at most
     ``train_per_list``·nlist points (faiss's own seed), ``nprobe`` lists (None: 16) visited per query.
     ``hnsw``: IndexHNSWFlat with ``hnsw_m`` links per node and ``ef_search`` candidates per query;

@@ -183,7 +183,9 @@ class Experiment:
     def network_input(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images as the network takes them: floats in [0, 1], in the recipe's memory format."""
         x = images.float() / 255.0
-        return x.contiguous(memory_format=torch.channels_last) if uses_channels_last(self.train["channels_last"], x.shape) else x
+        if uses_channels_last(self.train["channels_last"], x.shape):
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     @torch.no_grad()
     def extract(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:

@@ -21,9 +21,9 @@ class KnnGaussian:
         "a": "sigma^2 scale: sigma^2 = a * mean squared kNN distance (paper: 1)",
         "normalize": "row normalisation of features: l2 (paper), renorm (the Torch code: cap norms at 1), none",
         "backend": "kNN backend: auto (faiss where installed, torch otherwise), faiss, torch",
-        "knn": "neighbour search: exact; kmeans_tree (approximate: a two-level k-means tree searched leaf by leaf, "
-        "linear in N, in torch on any device); ivf or hnsw (faiss's approximate indexes, CPU; the torch backend "
-        "searches exactly); auto: exact below exact_below samples, kmeans_tree from there",
+        "knn": "neighbour search: exact; kmeans_tree (approximate: a two-level k-means tree searched leaf "
+        "by leaf, its scan linear in N, in torch on any device); ivf or hnsw (faiss's approximate indexes, "
+        "CPU; the torch backend searches exactly); auto: exact below exact_below samples, kmeans_tree from there",
         "exact_below": "with knn=auto: the number of samples from which the search is approximate (kmeans_tree)",
         "nlist": "kmeans_tree: number of leaves (null: N/256); ivf: number of inverted lists (null: 4*sqrt(N))",
         "nprobe": "kmeans_tree: leaves searched for each leaf's points (null: 32); ivf: lists visited per query "
