@@ -43,7 +43,10 @@ class _Members(Mapping):
         self._state = state
 
     def __getitem__(self, cluster: int) -> np.ndarray:
-        return self._state.members_of(cluster)
+        chunks = self._state._chunks[cluster]
+        if len(chunks) > 1:
+            chunks[:] = [np.concatenate(chunks)]
+        return chunks[0]
 
     def __iter__(self):
         return iter(self._state._chunks)
@@ -83,13 +86,6 @@ class SparseClusterState:
         return len(self._chunks)
 
     # -- helpers for subclasses ---------------------------------------------------------
-    def members_of(self, cluster: int) -> np.ndarray:
-        """The samples of ``cluster`` (also ``self.members[cluster]``)."""
-        chunks = self._chunks[cluster]
-        if len(chunks) > 1:
-            chunks[:] = [np.concatenate(chunks)]
-        return chunks[0]
-
     def _absorb(self, keep: int, gone: int) -> None:
         """Move ``gone``'s samples into ``keep`` (the caller updates the tables)."""
         moved = self._chunks.pop(gone)

@@ -37,8 +37,8 @@ from .tensorboard import TB_DIR
 
 FINAL_PERIOD_NAME = "final"
 # train.channels_last=auto: channels-last from this many pixels per channel up. On the 2-core CPUs measured
-# (AMD EPYC and Intel Xeon), NCHW trains faster at 16x16 and 28x28 and channels-last 1.3-1.6x faster
-# from 32x32 up (docs/PERFORMANCE.md section 9).
+# (AMD EPYC and Intel Xeon), NCHW trains 1.09-1.29x faster at 16x16 and 28x28 and channels-last
+# 1.05-1.6x faster from 32x32 up (docs/PERFORMANCE.md section 9).
 CHANNELS_LAST_FROM_PIXELS = 32 * 32
 
 

@@ -252,12 +252,16 @@ class Agglomerative:
             parent[parent == small] = big
         return contiguous(parent[labels])
 
+    def _k_c(self, n_clusters: int) -> int:
+        """The criterion's K_c at this many clusters: 1 (the max-affinity pair) from kc_min_clusters down."""
+        return self.k_c if n_clusters > self.kc_min_clusters else 1
+
     def _merge_steps(self, state: LinkageState, steps: int, ctx: ForwardContext, offset: int, total: int) -> int:
         """Greedy merges with a lazily invalidated heap of cluster scores."""
         n_clusters = sum(1 for _ in state.clusters())
         version: dict[int, int] = {}
         heap: list[tuple[float, int, int]] = []
-        k_c = self.k_c if n_clusters > self.kc_min_clusters else 1  # K_c only above kc_min_clusters
+        k_c = self._k_c(n_clusters)
         for c in state.clusters():
             version[c] = 0
             s = merge_score(state.affinities(c).values(), k_c, self.lam)
@@ -276,7 +280,7 @@ class Agglomerative:
             version.pop(gone, None)
             n_clusters -= 1
             done += 1
-            k_c = self.k_c if n_clusters > self.kc_min_clusters else 1
+            k_c = self._k_c(n_clusters)
             for x in changed:
                 version[x] = version.get(x, 0) + 1
                 s = merge_score(state.affinities(x).values(), k_c, self.lam)

@@ -101,20 +101,14 @@ class GDLState(SparseClusterState):
         for x in self.aff.pop(small):
             if x != big:
                 self.aff[x].pop(small, None)
-        aff_m = self.aff[big] = {}
+        self.aff[big] = {}
         inv_m = 1.0 / self.size[big] ** 2
-        b, aff, size = self.b, self.aff, self.size
-        for y in neighbours:  # the symmetric table's two entries, written here rather than by _set_aff
-            inv_y = 1.0 / size[y] ** 2
+        for y in neighbours:
+            inv_y = 1.0 / self.size[y] ** 2
             if self.middle:  # B(M→y)/|y|² + B(y→M)/|M|²
-                value = row.get(y, 0.0) * inv_y + b[y].get(big, 0.0) * inv_m
+                self._set_aff(big, y, row.get(y, 0.0) * inv_y + self.b[y].get(big, 0.0) * inv_m)
             else:  # B(M→y)/|M|² + B(y→M)/|y|²
-                value = row.get(y, 0.0) * inv_m + b[y].get(big, 0.0) * inv_y
-            if value > 0:
-                aff_m[y] = value
-                aff[y][big] = value
-            else:
-                aff[y].pop(big, None)
+                self._set_aff(big, y, row.get(y, 0.0) * inv_m + self.b[y].get(big, 0.0) * inv_y)
         return big, neighbours | {big}
 
 
