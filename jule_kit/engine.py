@@ -365,12 +365,18 @@ class Experiment:
                     started = time.time()
                     features = self.period_features(state, images)
                     previous = state.labels
+                    featured = time.time()
                     state.labels = self.dist.on_main(lambda: self.forward(features, previous, state.period, target))
+                    clustered = time.time()
                     row = self.metrics_row(state.period, state.labels, data.labels, previous)
                     if self.trains(state, target):
                         row["lr"] = self.lr_at(state.step)
                         state.step, row["loss"] = self.train_period(self.net, state.optimizer, images,
                                                                     state.labels, state.period, state.step)
+                    # where a period's time goes: features, clustering (graph + merges), training
+                    row["seconds_features"] = featured - started
+                    row["seconds_clustering"] = clustered - featured
+                    row["seconds_training"] = time.time() - clustered
                     row["seconds"] = time.time() - started
                     self.record(state, row, tb)
                     state.save(self.run_dir)

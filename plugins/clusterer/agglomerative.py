@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import time
 from typing import Literal
 
 import numpy as np
@@ -115,8 +116,9 @@ class Agglomerative:
 
     # -- the Clusterer protocol -----------------------------------------------------------
     def forward(self, features: torch.Tensor, labels: np.ndarray | None, ctx: ForwardContext) -> np.ndarray:
+        started = time.time()
         graph = ctx.build_graph(features)
-        self.last_stats = {}
+        self.last_stats = {"seconds_graph": time.time() - started}
         if labels is None:
             labels = contiguous(ctx.initializer.initial_labels(graph, features, ctx.n_target, ctx.seed))
             if not self.merge_first_period:
@@ -129,8 +131,9 @@ class Agglomerative:
     def finalize(self, features: torch.Tensor, labels: np.ndarray, ctx: ForwardContext) -> np.ndarray:
         if self.final == "sf" and labels is not None and self.done(labels, ctx.n_target):
             return labels  # nothing left to merge: skip building the graph
+        started = time.time()
         graph = ctx.build_graph(features)
-        self.last_stats = {}
+        self.last_stats = {"seconds_graph": time.time() - started}
         if self.final == "rc":
             fresh = contiguous(ctx.initializer.initial_labels(graph, features, ctx.n_target, ctx.seed))
             self.last_stats["final_initial_clusters"] = float(fresh.max() + 1)
