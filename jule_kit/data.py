@@ -198,16 +198,24 @@ def _class_dirs(folder: Path) -> list[Path]:
                   if d.is_dir() and not d.name.startswith(".") and _image_files(d, recursive=True))
 
 
+def _folder_entries(folder: Path) -> tuple[list[tuple[Path, int]], list[Path]]:
+    """(image file, class index) pairs and the class folders; a flat folder has no classes (index -1)."""
+    classes = _class_dirs(folder)
+    if classes:  # one class per sub-folder
+        return [(p, k) for k, d in enumerate(classes) for p in _image_files(d, recursive=True)], classes
+    return [(p, -1) for p in _image_files(folder, recursive=False)], []
+
+
+def _no_images(folder: Path, skipped: list[str]) -> DataError:
+    return DataError(f"{folder}: no readable images ({', '.join(IMAGE_EXTS)})"
+                     + (f"; {len(skipped)} could not be read" if skipped else ""))
+
+
 def _load_folder(folder: Path, resize: tuple[int, int] | None, channels: int | None
                  ) -> tuple[np.ndarray, np.ndarray | None, list[str], list[str]]:
     from PIL import Image
 
-    classes = _class_dirs(folder)
-    if classes:  # one class per sub-folder
-        entries = [(p, k) for k, d in enumerate(classes) for p in _image_files(d, recursive=True)]
-    else:
-        entries = [(p, -1) for p in _image_files(folder, recursive=False)]
-
+    entries, classes = _folder_entries(folder)
     arrays: list[np.ndarray] = []
     gray: list[bool] = []
     paths: list[str] = []
@@ -238,8 +246,7 @@ def _load_folder(folder: Path, resize: tuple[int, int] | None, channels: int | N
         paths.append(str(p))
         labels.append(k)
     if not arrays:
-        raise DataError(f"{folder}: no readable images ({', '.join(IMAGE_EXTS)})"
-                        + (f"; {len(skipped)} could not be read" if skipped else ""))
+        raise _no_images(folder, skipped)
     if channels is None and not all(gray):
         # Mixed folder: gray images were read as one channel; repeat it to match the colour ones.
         arrays = [np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a for a in arrays]
@@ -297,23 +304,38 @@ def _check_options(spec: str, subset: Any, resize: Any, channels: Any) -> tuple[
 
 # ---------------------------------------------------------------- public entry points
 
+def _located(spec: str, where: Path | str) -> tuple[str, Path | str]:
+    """The dataset's name and the file or folder to read (a folder holding data4torch.h5 means that file)."""
+    if where == DIGITS:
+        return "digits", DIGITS
+    path = Path(where)
+    bare = "/" not in str(spec) and os.sep not in str(spec) and not Path(str(spec)).exists()
+    name = str(spec) if bare else (path.parent.name if path.name == TORCH_H5 else path.stem)
+    if path.is_dir() and (path / TORCH_H5).is_file():
+        path = path / TORCH_H5
+    return name, path
+
+
+def _subset_indices(n: int, subset: int | None, seed: int) -> np.ndarray | None:
+    """The sorted indices of a deterministic random subset, or None when the subset is everything."""
+    if subset is None or subset >= n:
+        return None
+    return np.sort(np.random.default_rng(seed).permutation(n)[:subset])
+
+
 def load_dataset(spec: str, *, data_dir: str | os.PathLike | None = None, subset: int | None = None, seed: int = 0,
                  resize: tuple[int, int] | list[int] | None = None, channels: int | None = None) -> Dataset:
     """Load a dataset as uint8 (N, C, H, W) with contiguous int64 labels, then convert, resize and subset it."""
     hw = _check_options(str(spec), subset, resize, channels)
-    where = resolve(spec, data_dir)
+    name, path = _located(spec, resolve(spec, data_dir))
     paths: list[str] | None = None
     skipped: list[str] = []
-    if where == DIGITS:
-        name, source = "digits", DIGITS
+    if path == DIGITS:
+        source = DIGITS
         images, labels = _load_digits()
     else:
-        path = Path(where)
+        path = Path(path)
         source = str(path.resolve())
-        bare = "/" not in str(spec) and os.sep not in str(spec) and not Path(str(spec)).exists()
-        name = str(spec) if bare else (path.parent.name if path.name == TORCH_H5 else path.stem)
-        if path.is_dir() and (path / TORCH_H5).is_file():
-            path = path / TORCH_H5
         if path.is_dir():
             images, labels, paths, skipped = _load_folder(path, hw, channels)
         elif path.suffix.lower() == ".npz":
@@ -323,10 +345,9 @@ def load_dataset(spec: str, *, data_dir: str | os.PathLike | None = None, subset
         else:
             raise DataError(f"{path}: unsupported file type '{path.suffix}'; expected .npz, .h5/.hdf5 or an image folder")
 
-    n = images.shape[0]
-    if subset is not None and subset < n:
+    keep = _subset_indices(images.shape[0], subset, seed)
+    if keep is not None:
         # Subsetting before the per-image conversions gives the same result for less work.
-        keep = np.sort(np.random.default_rng(seed).permutation(n)[:subset])
         images = images[keep]
         if labels is not None:
             labels = _contiguous(labels[keep])  # a subset can miss classes; keep ids 0..K-1
@@ -340,47 +361,114 @@ def load_dataset(spec: str, *, data_dir: str | os.PathLike | None = None, subset
                    paths=paths, skipped=skipped)
 
 
-def _npz_info(path: Path) -> tuple[int, int | None, tuple[int, ...]]:
-    """N, classes and (C, H, W) from the array headers, without reading the images."""
-    with zipfile.ZipFile(path) as z, z.open("images.npy") as f:
-        version = np.lib.format.read_magic(f)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read(f)
-    if dtype != np.uint8 or len(shape) not in (3, 4):
-        raise ValueError("not a julekit image array")
-    classes = None
-    with np.load(path, allow_pickle=False) as npz:
-        if "labels" in npz.files:
-            classes = int(np.unique(npz["labels"]).size)
-    return int(shape[0]), classes, ((1, *shape[1:]) if len(shape) == 3 else tuple(shape[1:]))
+@dataclass(frozen=True)
+class DataSummary:
+    """A dataset as a recipe's ``data`` settings load it (subset, channels, resize), read from headers only."""
+
+    name: str
+    n: int
+    n_classes: int | None
+    shape: tuple[int, int, int]  # (C, H, W); a folder of several sizes: the median height and width
+    mixed_sizes: bool = False  # image files of several sizes and no resize: loading needs data.resize
+    mixed_modes: bool = False  # grey and colour image files together: loaded as RGB
 
 
-def _h5_info(path: Path) -> tuple[int, int | None, tuple[int, ...]]:
-    import h5py
+def summarize_dataset(spec: str, *, data_dir: str | os.PathLike | None = None, subset: int | None = None,
+                      seed: int = 0, resize: tuple[int, int] | list[int] | None = None,
+                      channels: int | None = None) -> DataSummary:
+    """N, classes and (C, H, W) of what ``load_dataset`` with the same arguments gives, without reading pixels."""
+    hw = _check_options(str(spec), subset, resize, channels)
+    name, path = _located(spec, resolve(spec, data_dir))
+    sizes = np.zeros((0, 2), np.int64)  # (H, W) per image file, for a folder
+    gray = np.zeros(0, bool)
+    if path == DIGITS:
+        images, labels = _load_digits()
+        n, shape = images.shape[0], images.shape[1:]
+    elif Path(path).is_dir():
+        labels, sizes, gray = _folder_headers(Path(path))
+        n, shape = len(sizes), None
+    else:
+        try:
+            n, shape, labels = _array_header(Path(path))
+        except Exception:  # malformed: loading it says what is wrong in one line (or copes with it)
+            data = load_dataset(spec, data_dir=data_dir)
+            n, shape, labels = data.n, data.shape, data.labels
+    keep = _subset_indices(n, subset, seed)
+    if keep is not None:
+        n, sizes, gray = len(keep), sizes[keep] if len(sizes) else sizes, gray[keep] if len(gray) else gray
+        labels = None if labels is None else labels[keep]
+    if len(sizes):  # a folder: colour if any image is; the median size stands for a folder of several
+        shape = (1 if gray.all() else 3, int(np.median(sizes[:, 0])), int(np.median(sizes[:, 1])))
+    c, h, w = (int(x) for x in shape)
+    return DataSummary(name=name, n=int(n), n_classes=None if labels is None else int(np.unique(labels).size),
+                       shape=(channels or c, *(hw or (h, w))),
+                       mixed_sizes=hw is None and len(np.unique(sizes, axis=0)) > 1,
+                       mixed_modes=channels is None and bool(gray.any()) and not bool(gray.all()))
 
-    with h5py.File(path, "r") as f:
-        shape = f["data"].shape
-        classes = int(np.unique(f["labels"][()]).size) if "labels" in f else None
-    if len(shape) not in (3, 4):
+
+def _folder_headers(folder: Path) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Class index (None for a flat folder), (H, W) and whether grey, of each readable image file, from the
+    headers alone (PIL reads pixels only when asked); unreadable files are left out, as loading skips them."""
+    from PIL import Image
+
+    entries, classes = _folder_entries(folder)
+    labels, sizes, gray, skipped = [], [], [], []
+    for p, k in entries:
+        try:
+            with Image.open(p) as im:
+                size, is_gray = (im.height, im.width), im.mode in GRAY_MODES
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            skipped.append(str(p))
+            continue
+        labels.append(k)
+        sizes.append(size)
+        gray.append(is_gray)
+    if not sizes:
+        raise _no_images(folder, skipped)
+    return (np.asarray(labels) if classes else None), np.asarray(sizes, np.int64), np.asarray(gray, bool)
+
+
+def _array_header(path: Path) -> tuple[int, tuple[int, int, int], np.ndarray | None]:
+    """N, (C, H, W) and the labels of a .npz or .h5 file, from the array headers (the images are not read)."""
+    if path.suffix.lower() == ".npz":
+        with zipfile.ZipFile(path) as z, z.open("images.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+        if dtype != np.uint8:
+            raise ValueError("not a julekit image array")
+        with np.load(path, allow_pickle=False) as npz:
+            labels = npz["labels"] if "labels" in npz.files else None
+    elif path.suffix.lower() in H5_EXTS:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            shape = f["data"].shape
+            labels = np.asarray(f["labels"][()]).reshape(-1) if "labels" in f else None
+    else:
+        raise ValueError("not an array file")
+    if len(shape) not in (3, 4) or (len(shape) == 4 and shape[1] not in (1, 3)) or shape[0] == 0:
         raise ValueError("not an image array")
-    return int(shape[0]), classes, ((1, *shape[1:]) if len(shape) == 3 else tuple(shape[1:]))
+    c, h, w = (1, *shape[1:]) if len(shape) == 3 else shape[1:]
+    if labels is not None and labels.shape[0] != shape[0]:
+        raise ValueError("labels do not match the images")
+    return int(shape[0]), (int(c), int(h), int(w)), labels
 
 
 def _folder_info(path: Path) -> tuple[int, int | None, tuple[int, ...] | None]:
     """File count and class count; shape from the first image's header (PIL opens lazily)."""
     from PIL import Image
 
-    classes = _class_dirs(path)
-    files = [p for d in classes for p in _image_files(d, True)] if classes else _image_files(path, False)
-    if not files:
+    entries, classes = _folder_entries(path)
+    if not entries:
         raise ValueError("no images")
     shape = None
     try:
-        with Image.open(files[0]) as im:
+        with Image.open(entries[0][0]) as im:
             shape = (1 if im.mode in GRAY_MODES else 3, im.height, im.width)
     except (OSError, ValueError, SyntaxError):
         pass
-    return len(files), (len(classes) or None), shape
+    return len(entries), (len(classes) or None), shape
 
 
 def list_datasets(data_dir: str | os.PathLike | None = None) -> list[dict]:
@@ -409,10 +497,9 @@ def list_datasets(data_dir: str | os.PathLike | None = None) -> list[dict]:
                     continue
                 if path.is_dir():
                     n, classes, shape = _folder_info(path)
-                elif path.suffix.lower() == ".npz":
-                    n, classes, shape = _npz_info(path)
                 else:
-                    n, classes, shape = _h5_info(path)
+                    n, shape, labels = _array_header(path)
+                    classes = None if labels is None else int(np.unique(labels).size)
             except Exception:  # unreadable or not a dataset: listing must not fail
                 continue
             seen.add(name)
@@ -422,4 +509,5 @@ def list_datasets(data_dir: str | os.PathLike | None = None) -> list[dict]:
     return out
 
 
-__all__ = ["DATA_ENV", "DEFAULT_SEARCH", "Dataset", "list_datasets", "load_dataset", "resolve", "search_path"]
+__all__ = ["DATA_ENV", "DEFAULT_SEARCH", "DataSummary", "Dataset", "list_datasets", "load_dataset", "resolve",
+           "search_path", "summarize_dataset"]

@@ -151,6 +151,8 @@ class Experiment:
         self.plugins = Plugins.from_recipe(recipe)
         self.device = self.dist.device(resolve_device(recipe["device"]))
         self.net: nn.Module | None = None  # the model as trained: wrapped for the processes (DDP under torchrun)
+        # (periods still to come, seconds the current period took to cluster): the progress bars' ETA
+        self.schedule: tuple[int, float] = (0, 0.0)
 
     # -- set-up -----------------------------------------------------------------------------
     def load_data(self) -> Dataset:
@@ -283,6 +285,7 @@ class Experiment:
         """One period of training. ``model`` may be DDP-wrapped (torchrun): each rank then runs its slice
         of every global batch and the loss sees the gathered global batch (see distributed.py)."""
         t = self.train
+        training_started = time.time()
         embedding_dim = self.dist.unwrap(model).embedding_dim
         criterion = self.plugins.loss.criterion(embedding_dim, labels, period_seed(self.seed, period, 2))
         criterion = criterion.to(self.device)
@@ -322,6 +325,8 @@ class Experiment:
                 count += 1
                 step += 1
             self.reporter.advance("epochs", epoch + 1, info=f"loss {total_loss / max(count, 1):.4f}")
+            self.reporter.estimate("periods", seconds_left=self.seconds_left(
+                (time.time() - training_started) / (epoch + 1), t["epochs"] - epoch - 1))
         self.reporter.hide("epochs")
         return step, total_loss / max(count, 1)
 
@@ -368,6 +373,8 @@ class Experiment:
                     featured = time.time()
                     state.labels = self.dist.on_main(lambda: self.forward(features, previous, state.period, target))
                     clustered = time.time()
+                    self.schedule = self.periods_to_come(state, target), clustered - started
+                    self.reporter.estimate("periods", total=state.period + 1 + self.schedule[0])
                     row = self.metrics_row(state.period, state.labels, data.labels, previous)
                     if self.trains(state, target):
                         row["lr"] = self.lr_at(state.step)
@@ -378,7 +385,8 @@ class Experiment:
                     row["seconds_clustering"] = clustered - featured
                     row["seconds_training"] = time.time() - clustered
                     row["seconds"] = time.time() - started
-                    self.record(state, row, tb)
+                    epoch_seconds = row["seconds_training"] / self.train["epochs"] if "loss" in row else 0.0
+                    self.record(state, row, tb, left=self.seconds_left(epoch_seconds, 0))
                     state.save(self.run_dir)
                     self.reporter.advance("periods", state.period)
                 self.reporter.hide("periods")
@@ -428,6 +436,27 @@ class Experiment:
         return (state.model is not None and not self.plugins.clusterer.done(state.labels, target)
                 and self.train["epochs"] > 0)
 
+    def periods_to_come(self, state: LoopState, target: int) -> int:
+        """Periods the joint loop will still run after the one that produced ``state.labels``: the
+        clusterer's own schedule where it has one, else until ``train.max_periods``."""
+        cap = self.train["max_periods"] - state.period - 1
+        if self.plugins.clusterer.done(state.labels, target):
+            return 0
+        schedule = getattr(self.plugins.clusterer, "periods_left", None)
+        return max(0, min(cap, schedule(state.labels, target) if schedule is not None else cap))
+
+    def seconds_left(self, epoch_seconds: float, epochs_left_now: int) -> float:
+        """The run's estimated time left, from this period's cost: ``epochs_left_now`` epochs of the
+        period in progress, then every period to come (a clusterer with a schedule ends on one that only
+        clusters: it reaches the target) and the final stage, each clustering as this period did."""
+        to_come, clustering_seconds = self.schedule
+        has_schedule = getattr(self.plugins.clusterer, "periods_left", None) is not None
+        training = max(0, to_come - 1) if has_schedule else to_come
+        if self.plugins.backbone is None or self.train["epochs"] == 0:
+            training = 0
+        epochs = epochs_left_now + training * self.train["epochs"]
+        return epochs * epoch_seconds + (to_come + 1) * clustering_seconds
+
     def period_features(self, state: LoopState, images: torch.Tensor) -> torch.Tensor:
         """Raw pixels for the first clustering (unless the clusterer asks for the backbone's), then the network's."""
         first = getattr(self.plugins.clusterer, "first_features", "raw")
@@ -435,10 +464,10 @@ class Experiment:
             return self.raw_features(images)
         return self.features(state.model, images, state.period)
 
-    def record(self, state: LoopState, row: dict[str, Any], tb: Any) -> None:
-        """A period's row to the console, metrics.jsonl and TensorBoard."""
+    def record(self, state: LoopState, row: dict[str, Any], tb: Any, left: float | None = None) -> None:
+        """A period's row to the console (with the run's time ``left``), metrics.jsonl and TensorBoard."""
         state.rows.append(row)
-        self.reporter.period(row)
+        self.reporter.period(row, left)
         self.run_dir.write_metrics(state.rows)
         tb.period(state.period, row, state.labels)
 

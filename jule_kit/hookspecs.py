@@ -155,7 +155,7 @@ class Linkage(Protocol):
 class Clusterer(Protocol):
     """The forward step of a period (kind ``clusterer``): new labels from features.
 
-    Two optional attributes (read with ``getattr``, so they are not Protocol members):
+    Three optional attributes (read with ``getattr``, so they are not Protocol members):
 
     ``first_features: Literal["raw", "backbone"]``
         what the first period clusters: ``"raw"`` pixels (the default when absent, JULE)
@@ -165,6 +165,10 @@ class Clusterer(Protocol):
         figures about the latest ``forward`` / ``finalize`` call (e.g. ``empty_clusters``,
         the empty k-means clusters before they were handled); the engine merges them into
         that period's row of metrics.jsonl.
+    ``periods_left(labels, n_target) -> int``
+        how many periods the joint loop still runs after the one that produced ``labels``, the
+        last of which only clusters (it reaches the target); the progress bars' ETA. Without it
+        the engine expects training periods until ``train.max_periods``.
     """
 
     def forward(self, features: torch.Tensor, labels: np.ndarray | None, ctx: ForwardContext) -> np.ndarray:

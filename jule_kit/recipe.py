@@ -91,6 +91,9 @@ TOP_LEVEL = {
     "device": "auto, cpu or cuda",
     "deterministic": "true: bit-for-bit repeatable runs for a seed on the CPU at a given thread count (PyTorch's "
     "deterministic kernels; on CUDA with deterministic cuBLAS/cuDNN); false: PyTorch's default kernels",
+    "derive": "true: set the input size, channels, CNN depth, eta and clusters from the data by the paper's "
+    "per-dataset rules (jule_kit/auto_recipe.py; the `jule` recipe); the resolved recipe holds the derived values "
+    "and derive: false. --set keys win over the rules",
     "train": "the backward pass schedule",
     **{k: f"the {k} plugin: a name or a mapping with name and settings" for k in KINDS},
 }
@@ -353,14 +356,15 @@ def validate(raw: dict, source: str = "recipe", registry: Registry | None = None
     if d["channels"] not in (None, 1, 3):
         raise RecipeError(f"{source}: data.channels: expected 1 or 3, got {d['channels']!r}")
     for key, tp, default in (("clusters", int | None, None), ("seed", int, 0),
-                             ("device", Literal["auto", "cpu", "cuda"], "auto"), ("deterministic", bool, True)):
+                             ("device", Literal["auto", "cpu", "cuda"], "auto"), ("deterministic", bool, True),
+                             ("derive", bool, False)):
         value = raw.get(key, default)
         ok, value = _coerce(tp, value)
         if not ok:
             raise RecipeError(f"{source}: {key}: expected {_type_name(tp)}, got {raw.get(key)!r}")
         out[key] = value
-    if out["clusters"] is not None and out["clusters"] < 1:
-        raise RecipeError(f"{source}: clusters: expected a positive number, got {out['clusters']}")
+    if out["clusters"] is not None and out["clusters"] < 2:
+        raise RecipeError(f"{source}: clusters: expected at least 2 clusters, got {out['clusters']}")
     train = raw.get("train") or {}
     if not isinstance(train, dict):
         raise RecipeError(f"{source}: train: expected a mapping, got {train!r}")
@@ -383,10 +387,47 @@ def validate(raw: dict, source: str = "recipe", registry: Registry | None = None
     return out
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
-    """Load, inherit, override and validate a recipe file."""
-    raw = apply_overrides(load_raw(path), overrides or [])
-    return validate(raw, source=str(path))
+@dataclass
+class ResolvedRecipe:
+    recipe: dict  # validated, every setting explicit
+    derivation: Any = None  # auto_recipe.Derivation when the recipe says derive: true
+
+
+def resolve_recipe(path: str | Path, overrides: list[str] | None = None, *,
+                   data_dir: str | Path | None = None) -> ResolvedRecipe:
+    """Load, inherit, override and validate a recipe file; with ``derive: true`` derive settings from its data.
+
+    The derived settings go over the recipe files' values and under the overrides, so --set wins.
+    """
+    overrides = overrides or []
+    base, source = load_raw(path), str(path)
+    recipe = validate(apply_overrides(base, overrides), source=source)
+    if not recipe["derive"]:
+        return ResolvedRecipe(recipe)
+    from .auto_recipe import derive_from_data, nest
+
+    derivation = derive_from_data(recipe, override_keys(overrides), data_dir=str(data_dir) if data_dir else None,
+                                  source=source)
+    derived = {**nest(derivation.settings), "description": derivation.description, "derive": False}
+    return ResolvedRecipe(validate(apply_overrides(merge_recipes(base, derived), overrides), source=source),
+                          derivation)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, *,
+                data_dir: str | Path | None = None) -> dict:
+    """Load, inherit, override and validate a recipe file (deriving settings from the data if it says so)."""
+    return resolve_recipe(path, overrides, data_dir=data_dir).recipe
+
+
+def override_keys(overrides: list[str]) -> set[str]:
+    """The dotted keys that ``--set`` overrides give; a bare name for a plugin or the data sets its name."""
+    keys = set()
+    for text in overrides:
+        parts, value = parse_override(text)
+        if len(parts) == 1 and (parts[0] in KINDS or parts[0] == "data") and isinstance(value, str):
+            parts = [parts[0], "name"]
+        keys.add(".".join(parts))
+    return keys
 
 
 def dump(recipe: dict) -> str:

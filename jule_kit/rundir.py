@@ -67,7 +67,8 @@ def git_commit() -> str | None:
 
 def versions() -> dict[str, str]:
     """What a run was made with, for its summary: julekit, torch, Python and the git commit if known."""
-    made_with = {"julekit": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    made_with = {"julekit": __version__, "torch": torch.__version__, "python": platform.python_version(),
+                 "threads": str(torch.get_num_threads())}  # deterministic runs repeat at a given thread count
     commit = git_commit()
     if commit:
         made_with["commit"] = commit

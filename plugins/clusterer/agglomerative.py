@@ -128,6 +128,15 @@ class Agglomerative:
     def done(self, labels: np.ndarray, n_target: int) -> bool:
         return int(labels.max()) + 1 <= n_target
 
+    def periods_left(self, labels: np.ndarray, n_target: int) -> int:
+        """Periods still to come after one that produced ``labels``: the η schedule (absorbing
+        isolated clusters can only shorten it). The last of them reaches the target and does not train."""
+        n_clusters, periods = int(labels.max()) + 1, 0
+        while n_clusters > n_target:
+            n_clusters -= min(math.ceil(self.eta * n_clusters), n_clusters - n_target)
+            periods += 1
+        return periods
+
     def finalize(self, features: torch.Tensor, labels: np.ndarray, ctx: ForwardContext) -> np.ndarray:
         if self.final == "sf" and labels is not None and self.done(labels, ctx.n_target):
             return labels  # nothing left to merge: skip building the graph
