@@ -103,21 +103,22 @@ def derive_rules(n_images: int, image_shape: tuple[int, int, int], n_clusters: i
     out = []
     if mixed_sizes or (h, w) != (net.side, net.side):
         why = "images of several sizes" if mixed_sizes else f"{h}x{w} images"
-        out.append(Derived("data.resize", [net.side, net.side], f"{why} resized to the CNN input {net.side}x{net.side}"))
+        out.append(Derived("data.resize", [net.side, net.side],
+                           f"{why} resized to the CNN input {net.side}x{net.side}"))
     out.append(Derived("data.channels", c, "grey and colour images together: all read as RGB" if mixed_modes
                        else "colour images stay RGB" if c == 3 else "grey images stay grey"))
-    pooling = "" if net.pool is None else ", pooling after the first only"
-    out.append(Derived("backbone.blocks", net.blocks,
-                       f"{net.side}x{net.side} input: {net.blocks} conv block(s){pooling}, as the paper's {net.paper}"))
-    out.append(Derived("backbone.pool", net.pool, "pooling after every block" if net.pool is None
-                       else "pooling after the first block only, as MNIST's net"))
+    net_rule = f"{net.side}x{net.side} input: the paper's net for {net.paper}"
+    out.append(Derived("backbone.blocks", net.blocks, net_rule))
+    out.append(Derived("backbone.pool", net.pool, f"{net_rule}, " + ("pooling after every block" if net.pool is None
+                                                                     else "pooling after the first block only")))
     per_cluster = n_images / n_clusters
     eta = ETA_MANY if per_cluster >= FEW_PER_CLUSTER else ETA_FEW
-    kind = "N/K >= 60, the paper's digit/object setting" if eta == ETA_MANY else \
-        "N/K < 60 (0.9 would merge to K in one period), the paper's face setting"
-    out.append(Derived("clusterer.eta", eta, f"N/K = {per_cluster:.0f}: {kind}; about "
-                       f"{merge_periods(n_images, n_clusters, eta)} merge periods"))
-    out.append(Derived("clusters", n_clusters, "the number of clusters asked for"))
+    why = (f">= {FEW_PER_CLUSTER}: the paper's digit/object setting" if eta == ETA_MANY else
+           f"< {FEW_PER_CLUSTER}: the paper's face setting ({ETA_MANY} would merge to K in one period)")
+    periods = merge_periods(n_images, n_clusters, eta)
+    out.append(Derived("clusterer.eta", eta, f"N/K = {per_cluster:.0f} {why}; about {periods} merge "
+                       f"period{'s' if periods > 1 else ''}"))
+    out.append(Derived("clusters", n_clusters, "as given (--clusters or the recipe)"))
     return out
 
 
@@ -152,9 +153,11 @@ class Derivation:
         values = {s.key: s.value for s in self.settings}
         c, h, w = self.data.shape
         side = values.get("data.resize", [h, w])
-        parts = [f"input {side[0]}x{side[1]}x{values.get('data.channels', c)}"]
+        channels = values.get("data.channels", c)
+        parts = [f"{side[0]}x{side[1]} {'RGB' if channels == 3 else 'grey'} input"]
         if "backbone.blocks" in values:
-            parts.append(f"{values['backbone.blocks']} CNN block(s)")
+            blocks = values["backbone.blocks"]
+            parts.append(f"{blocks} CNN block{'s' if blocks > 1 else ''}")
         if "clusterer.eta" in values:
             parts.append(f"eta {values['clusterer.eta']}")
         return (f"JULE on {self.data.name}, settings derived from {self.data.n} images of {c}x{h}x{w} pixels "
@@ -175,14 +178,14 @@ def derive_from_data(recipe: dict, user_keys: set[str], *, data_dir: str | None 
     from_labels = k is None
     if from_labels:
         if data.n_classes is None:
-            raise RecipeError(f"{source}: clusters: {data.name} has no labels; give the number of clusters "
+            raise RecipeError(f"{source}: clusters: {d['name']} has no labels; give the number of clusters "
                               f"with --clusters K")
         k = data.n_classes
         if k < 2:
-            raise RecipeError(f"{source}: clusters: {data.name} has labels of a single class; give the number "
+            raise RecipeError(f"{source}: clusters: {d['name']} has labels of a single class; give the number "
                               f"of clusters with --clusters K (at least 2)")
     if k > data.n:
-        raise RecipeError(f"{source}: clusters: {k} clusters requested but {data.name} has only {data.n} images; "
+        raise RecipeError(f"{source}: clusters: {k} clusters requested but {d['name']} has only {data.n} images; "
                           f"give --clusters K with K at most {data.n}")
     rules = derive_rules(data.n, data.shape, k, mixed_sizes=data.mixed_sizes, mixed_modes=data.mixed_modes)
     if from_labels:
@@ -193,6 +196,8 @@ def derive_from_data(recipe: dict, user_keys: set[str], *, data_dir: str | None 
 
 def _applies(key: str, recipe: dict, user_keys: set[str]) -> bool:
     section = key.split(".")[0]
+    if section == "clusters":
+        return True  # the value the user gave, or the labels' classes: said either way
     if section == "backbone":
         # blocks and pool go together: a backbone the user shaped, or not the paper's CNN, keeps its own
         return (recipe["backbone"] or {}).get("name") == "jule_cnn" and \

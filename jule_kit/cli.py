@@ -31,6 +31,8 @@ err_console = Console(stderr=True)
 
 SET_HELP = "Override a recipe key: key.path=value (repeatable), e.g. --set linkage=average --set train.epochs=5"
 DATA_DIR_HELP = "Folder to look for datasets in first (then $JULEKIT_DATA, ./data, ../shared/datasets)"
+DATA_HELP = "The dataset: a name on the data path (usps), a .npz/.h5 file or an image folder; short for --set data=..."
+CLUSTERS_HELP = "Target number of clusters; short for --set clusters=K (default: the number of label classes)"
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -78,10 +80,24 @@ def _recipe_path(spec: str) -> Path:
     return find_recipe(spec)
 
 
+def _shorthand_overrides(data: Optional[str], clusters: Optional[int]) -> list[str]:
+    """--data and --clusters as the --set overrides they stand for (given first, so --set can refine them)."""
+    out = [f"data.name={json.dumps(data)}"] if data is not None else []  # quoted: a folder named 2024 stays text
+    return out + ([f"clusters={clusters}"] if clusters is not None else [])
+
+
+def _derivation_lines(derivation) -> list[str]:
+    """What a derived recipe says about itself: where it came from, then each derived key and its rule."""
+    return [derivation.description] + [f"{s.key}: {json.dumps(s.value)}  <- {s.rule}" for s in derivation.settings]
+
+
 @app.command(no_args_is_help=False)
 @user_errors
 def run(
-    recipe: Optional[str] = typer.Argument(None, help="Recipe file (or a shipped recipe's name, e.g. jule_usps)"),
+    recipe: Optional[str] = typer.Argument(None, help="Recipe file (or a shipped recipe's name, e.g. jule_usps, or "
+                                           "jule: settings derived from --data)"),
+    data: Optional[str] = typer.Option(None, "--data", help=DATA_HELP),
+    clusters: Optional[int] = typer.Option(None, "--clusters", "-k", help=CLUSTERS_HELP),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<recipe>-<time>)"),
     set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (overrides the recipe)"),
@@ -100,6 +116,8 @@ def run(
 
       julekit run recipes/quickstart_digits.yaml
 
+      julekit run jule --data my_photos/ --clusters 8
+
       julekit run recipes/ac_gdl_usps.yaml --set affinity.k_s=10 --out runs/usps-k10
 
       julekit run recipes/jule_usps.yaml --seeds 3 --out runs/jule_usps-3seeds
@@ -111,12 +129,12 @@ def run(
     from .data import resolve as resolve_data
     from .engine import Experiment
     from .progress import Reporter
-    from .recipe import load_recipe
+    from .recipe import load_recipe, resolve_recipe
     from .rundir import RECIPE, RunDir
 
     if not distributed.current().is_main:
         console.quiet = True  # torchrun: rank 0 alone prints (errors still go to stderr)
-    overrides = list(set_)
+    overrides = _shorthand_overrides(data, clusters) + list(set_)
     if device is not None:
         overrides.append(f"device={device}")
     if seed is not None:
@@ -125,8 +143,8 @@ def run(
         raise JulekitError(f"--seeds: expected at least 1, got {seeds}")
     if resume is not None:
         if recipe is not None or overrides or seeds is not None:
-            raise JulekitError("--resume continues a run as recorded; do not give a recipe, --set, --device, --seed "
-                               "or --seeds")
+            raise JulekitError("--resume continues a run as recorded; do not give a recipe, --data, --clusters, --set, "
+                               "--device, --seed or --seeds")
         if not (resume / RECIPE).exists():
             raise JulekitError(f"{resume}: not a julekit run directory (no {RECIPE})")
         run_dir = RunDir(resume)
@@ -140,8 +158,13 @@ def run(
             raise JulekitError("give a recipe file (see `julekit recipes`) or --resume RUN_DIR")
         path = _recipe_path(recipe)
         name = path.stem
-        resolved = load_recipe(path, overrides)
+        found = resolve_recipe(path, overrides, data_dir=data_dir)
+        resolved = found.recipe
         resolve_data(resolved["data"]["name"], data_dir)  # a missing dataset fails before any folder is made
+        if found.derivation is not None and not quiet:
+            console.print(f"{name}: {found.derivation.description}", highlight=False, markup=False, soft_wrap=True)
+            k = next(s for s in found.derivation.settings if s.key == "clusters")
+            console.print(f"clusters: {k.value}, {k.rule}", highlight=False, markup=False, soft_wrap=True)
         out = out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = distributed.current().create_run_dir(out, force=force)  # torchrun: rank 0 creates it, the others read
 
@@ -210,17 +233,29 @@ def _seeds_table(summary: dict) -> Table:
 @app.command()
 @user_errors
 def validate(
-    recipe: str = typer.Argument(..., help="Recipe file"),
+    recipe: str = typer.Argument(..., help="Recipe file (or a shipped recipe's name)"),
+    data: Optional[str] = typer.Option(None, "--data", help=DATA_HELP),
+    clusters: Optional[int] = typer.Option(None, "--clusters", "-k", help=CLUSTERS_HELP),
     set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
 ) -> None:
     """Check a recipe and print it resolved (every setting explicit), without running it.
 
-    Example: julekit validate recipes/jule_usps.yaml --set linkage.update=fast
-    """
-    from .recipe import dump, load_recipe
+    A recipe that derives settings from its data (jule) starts with # comment lines saying which rule set each
+    derived key; the output runs as a recipe as is.
 
-    resolved = load_recipe(_recipe_path(recipe), list(set_))
-    typer.echo(dump(resolved), nl=False)
+    Examples:
+
+      julekit validate recipes/jule_usps.yaml --set linkage.update=fast
+
+      julekit validate jule --data usps
+    """
+    from .recipe import dump, resolve_recipe
+
+    found = resolve_recipe(_recipe_path(recipe), _shorthand_overrides(data, clusters) + list(set_), data_dir=data_dir)
+    if found.derivation is not None:
+        typer.echo("".join(f"# {line}\n" for line in _derivation_lines(found.derivation)), nl=False)
+    typer.echo(dump(found.recipe), nl=False)
 
 
 @app.command()

@@ -393,12 +393,11 @@ def summarize_dataset(spec: str, *, data_dir: str | os.PathLike | None = None, s
         except Exception:  # malformed: loading it says what is wrong in one line (or copes with it)
             data = load_dataset(spec, data_dir=data_dir)
             n, shape, labels = data.n, data.shape, data.labels
+    if len(sizes):  # a folder, read as a whole as loading does: colour if any image is; the median size
+        shape = (1 if gray.all() else 3, int(np.median(sizes[:, 0])), int(np.median(sizes[:, 1])))
     keep = _subset_indices(n, subset, seed)
     if keep is not None:
-        n, sizes, gray = len(keep), sizes[keep] if len(sizes) else sizes, gray[keep] if len(gray) else gray
-        labels = None if labels is None else labels[keep]
-    if len(sizes):  # a folder: colour if any image is; the median size stands for a folder of several
-        shape = (1 if gray.all() else 3, int(np.median(sizes[:, 0])), int(np.median(sizes[:, 1])))
+        n, labels = len(keep), None if labels is None else labels[keep]
     c, h, w = (int(x) for x in shape)
     return DataSummary(name=name, n=int(n), n_classes=None if labels is None else int(np.unique(labels).size),
                        shape=(channels or c, *(hw or (h, w))),
