@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,3 +100,32 @@ def test_cnn_throughput_quick(data_dir: Path) -> None:
         assert all(v > 0 for v in speeds), r
         assert speeds[0] == speeds[2], r  # the default loop is the NCHW one
         assert r[7].strip() in ("eager", "channels_last") and all(0 < float(v) for v in r[8:11]), r
+
+
+def test_gpu_check_rehearsal_on_cpu(data_dir: Path, tmp_path: Path) -> None:
+    """bench/gpu_check.sh end to end with the device set to cpu and tiny runs: the summary names
+    every run, the same-seed USPS pair matches byte for byte, the tarball holds the logs and outputs."""
+    out = tmp_path / "check"
+    args = ["bash", "bench/gpu_check.sh", "--device", "cpu", "--cap", "90", "--no-install", "--out", str(out),
+            "--set", "data.subset=300", "--set", "train.epochs=1"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=REPO,
+                          env={**os.environ, "JULEKIT_DATA": str(data_dir)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    runs = {r["run"]: r for r in summary["runs"]}
+    assert set(runs) == {"quickstart", "usps_a", "usps_b", "jule_mnist_full", "jule_coil100"}
+    for name in ("quickstart", "usps_a", "usps_b"):
+        assert runs[name]["status"] == "finished" and runs[name]["clusters"] == 10, runs[name]
+        assert_nmi(runs[name]["nmi"])
+    for name in ("jule_mnist_full", "jule_coil100"):  # a loaded machine may stop them at the cap
+        assert runs[name]["status"] in ("finished", "capped at 90 s"), runs[name]
+    assert summary["same_seed_pair"] == {"compared": True, "identical": True, "nmi_between": 1.0}
+    assert "Same-seed USPS pair: assignments.csv identical" in (out / "summary.md").read_text()
+    with tarfile.open(out / "gpu_check.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert {"./usps_a/assignments.csv", "./usps_b/metrics.jsonl", "./jule_mnist_full.log", "./gpu_check.log"} <= names
+    assert not any(n.endswith("checkpoint.pt") for n in names)
+
+    again = subprocess.run(args, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert again.returncode == 2
+    assert again.stderr.strip() == f"gpu_check.sh: {out}/work already exists; pass another --out or move it away"
