@@ -143,8 +143,8 @@ def run(
         raise JulekitError(f"--seeds: expected at least 1, got {seeds}")
     if resume is not None:
         if recipe is not None or overrides or seeds is not None:
-            raise JulekitError("--resume continues a run as recorded; do not give a recipe, --data, --clusters, --set, "
-                               "--device, --seed or --seeds")
+            raise JulekitError("--resume continues a run as recorded; do not give a recipe, --set, --device, --seed "
+                               "or --seeds (nor --data or --clusters)")
         if not (resume / RECIPE).exists():
             raise JulekitError(f"{resume}: not a julekit run directory (no {RECIPE})")
         run_dir = RunDir(resume)
