@@ -153,6 +153,7 @@ class Experiment:
         self.net: nn.Module | None = None  # the model as trained: wrapped for the processes (DDP under torchrun)
         # (periods still to come, seconds the current period took to cluster): the progress bars' ETA
         self.schedule: tuple[int, float] = (0, 0.0)
+        self.made_with = versions()  # the code the run starts with (a checkout can move on during a long run)
 
     # -- set-up -----------------------------------------------------------------------------
     def load_data(self) -> Dataset:
@@ -511,7 +512,7 @@ class Experiment:
             "data_source": data.source,
             "recipe_name": self.recipe_name,
             "recipe": self.recipe,
-            "versions": versions(),
+            "versions": self.made_with,
         }
         if data.skipped:
             summary["skipped_files"] = data.skipped

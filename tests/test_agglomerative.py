@@ -186,7 +186,9 @@ def test_partial_unrolling_on_coil20(coil20):
     initial = PathIntegralInit().initial_labels(cache[(id(f), None)], f, 20, 0)
     assert labels.max() + 1 == initial.max() + 1 == 424
     counts = [int(labels.max()) + 1]
+    assert clus.periods_left(labels, 20) == 5  # the schedule the progress bars' ETA counts on
     while not clus.done(labels, 20):
+        assert clus.periods_left(labels, 20) == 6 - len(counts)
         c = int(labels.max()) + 1
         new = clus.forward(f, labels, ctx)
         want = max(c - math.ceil(0.5 * c), 20)
@@ -197,6 +199,7 @@ def test_partial_unrolling_on_coil20(coil20):
         labels = new
         counts.append(want)
     assert counts == [424, 212, 106, 53, 26, 20]
+    assert clus.periods_left(labels, 20) == 0
     assert nmi(y, labels) > 0.9
 
 

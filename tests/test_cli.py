@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -263,6 +264,13 @@ def test_jule_run_writes_summary_and_rerunnable_recipe(runner, usps_subset, tmp_
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["period"] == 0 and rows[-1]["period"] == "final"
     assert all("nmi" in r for r in rows)
+    for r in rows[:-1]:  # where each period's time went
+        parts = r["seconds_features"] + r["seconds_clustering"] + r["seconds_training"]
+        assert 0 <= r["seconds_graph"] <= r["seconds_clustering"] and abs(parts - r["seconds"]) < 0.05, r
+    assert rows[0]["seconds_training"] > 0 and "loss" in rows[0]
+    # every period's line ends with the run's time left, the clock time it should end at
+    line = re.search(r"^period 0: [^\n]*(?:\n(?!period)[^\n]*)*", result.output, re.M).group(0)
+    assert re.search(r"s,\s+about\s+\d+\s+s\s+left\s+\(done\s+~\d\d:\d\d\)$", line), line  # wrapped at 80 columns
     with open(out / "assignments.csv") as fh:
         table = list(csv.DictReader(fh))
     assert len(table) == 600 and {r["cluster"] for r in table} == {str(i) for i in range(10)}
