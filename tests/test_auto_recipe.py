@@ -29,7 +29,7 @@ PAPER = {
     "usps": ((11000, (1, 16, 16), 10), (None, 1, None, 0.9)),
     "coil20": ((1440, (1, 128, 128), 20), (None, 4, None, 0.9)),
     "coil100": ((7200, (3, 128, 128), 100), (None, 4, None, 0.9)),
-    "umist": ((575, (1, 112, 92), 20), ([64, 64], 4, None, 0.2)),  # the paper: 3 blocks (padding 2) at 112x92
+    "umist": ((575, (1, 112, 92), 20), ([64, 64], 3, None, 0.2)),  # the paper: 3 blocks (padding 2) at 112x92
     "frgc": ((2462, (3, 32, 32), 20), (None, 2, None, 0.9)),  # the paper: 0.2, as a face set
     "cmu_pie": ((2856, (1, 32, 32), 68), (None, 2, None, 0.2)),
     "ytf": ((10000, (3, 55, 55), 41), ([32, 32], 2, None, 0.9)),  # the paper: 0.2, as a face set
@@ -71,7 +71,7 @@ def test_input_size_rule_shrinks_to_the_cnns_sizes():
                 ["backbone"]["blocks"]) for s in (8, 15, 16, 20, 27, 28, 31, 32, 48, 63, 64, 100, 128, 500)}
     assert side == {8: (None, 1), 15: (None, 1), 16: (None, 1), 20: ([16, 16], 1), 27: ([16, 16], 1),
                     28: (None, 2), 31: ([28, 28], 2), 32: (None, 2), 48: ([32, 32], 2), 63: ([32, 32], 2),
-                    64: (None, 4), 100: ([64, 64], 4), 128: (None, 4), 500: ([128, 128], 4)}
+                    64: (None, 3), 100: ([64, 64], 3), 128: (None, 4), 500: ([128, 128], 4)}
     # the smaller side decides, and the input is square
     assert derive_settings(1000, (3, 480, 640), 10)["data"]["resize"] == [128, 128]
     assert derive_settings(1000, (1, 8, 12), 10)["data"]["resize"] == [8, 8]

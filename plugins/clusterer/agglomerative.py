@@ -177,6 +177,7 @@ class Agglomerative:
         (almost) no affinity to any other; the greedy merges never reach it, and the last merges
         join two real classes instead of absorbing it."""
         min_size = self.final_outlier_fraction * len(labels) / ctx.n_target
+        plain = labels
         for _ in range(8):  # the small clusters of a redone period may differ; a few tries settle it
             sizes = np.bincount(labels)
             small = np.flatnonzero(sizes < min_size)
@@ -186,7 +187,7 @@ class Agglomerative:
         sizes = np.bincount(labels)
         small = np.flatnonzero(sizes < min_size)
         if len(small) == 0 or len(sizes) - len(small) < ctx.n_target:
-            return labels  # nothing set aside, or no redo found K larger clusters: keep the plain result
+            return plain  # nothing set aside, or no redo found K larger clusters: keep the plain result
         self.last_stats["final_outliers"] = float(sizes[small].sum())
         return join_nearest_centroid(features, labels, small)
 
