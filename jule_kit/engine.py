@@ -151,8 +151,10 @@ class Experiment:
         self.plugins = Plugins.from_recipe(recipe)
         self.device = self.dist.device(resolve_device(recipe["device"]))
         self.net: nn.Module | None = None  # the model as trained: wrapped for the processes (DDP under torchrun)
-        # (periods still to come, seconds the current period took to cluster): the progress bars' ETA
+        # (periods still to come, seconds the current period took to cluster): the progress bars' ETA,
+        # from the clusterer's own schedule where it has one (hookspecs.Clusterer.periods_left)
         self.schedule: tuple[int, float] = (0, 0.0)
+        self.periods_left = getattr(self.plugins.clusterer, "periods_left", None)
         self.made_with = versions()  # the code the run starts with (a checkout can move on during a long run)
 
     # -- set-up -----------------------------------------------------------------------------
@@ -443,16 +445,14 @@ class Experiment:
         cap = self.train["max_periods"] - state.period - 1
         if self.plugins.clusterer.done(state.labels, target):
             return 0
-        schedule = getattr(self.plugins.clusterer, "periods_left", None)
-        return max(0, min(cap, schedule(state.labels, target) if schedule is not None else cap))
+        return max(0, min(cap, cap if self.periods_left is None else self.periods_left(state.labels, target)))
 
     def seconds_left(self, epoch_seconds: float, epochs_left_now: int) -> float:
         """The run's estimated time left, from this period's cost: ``epochs_left_now`` epochs of the
         period in progress, then every period to come (a clusterer with a schedule ends on one that only
         clusters: it reaches the target) and the final stage, each clustering as this period did."""
         to_come, clustering_seconds = self.schedule
-        has_schedule = getattr(self.plugins.clusterer, "periods_left", None) is not None
-        training = max(0, to_come - 1) if has_schedule else to_come
+        training = to_come if self.periods_left is None else max(0, to_come - 1)
         if self.plugins.backbone is None or self.train["epochs"] == 0:
             training = 0
         epochs = epochs_left_now + training * self.train["epochs"]

@@ -116,33 +116,40 @@ class Agglomerative:
 
     # -- the Clusterer protocol -----------------------------------------------------------
     def forward(self, features: torch.Tensor, labels: np.ndarray | None, ctx: ForwardContext) -> np.ndarray:
-        started = time.time()
-        graph = ctx.build_graph(features)
-        self.last_stats = {"seconds_graph": time.time() - started}
+        graph = self._graph(features, ctx)
         if labels is None:
             labels = contiguous(ctx.initializer.initial_labels(graph, features, ctx.n_target, ctx.seed))
             if not self.merge_first_period:
                 return labels
         return self.period(features, graph, labels, ctx)
 
+    def _graph(self, features: torch.Tensor, ctx: ForwardContext):
+        """The sample graph of a forward or final call, whose stats start with its build time."""
+        started = time.time()
+        graph = ctx.build_graph(features)
+        self.last_stats = {"seconds_graph": time.time() - started}
+        return graph
+
     def done(self, labels: np.ndarray, n_target: int) -> bool:
         return int(labels.max()) + 1 <= n_target
+
+    def merges_in_period(self, n_clusters: int, target: int) -> int:
+        """ceil(η · clusters) merges, never past ``target``."""
+        return min(math.ceil(self.eta * n_clusters), n_clusters - target)
 
     def periods_left(self, labels: np.ndarray, n_target: int) -> int:
         """Periods still to come after one that produced ``labels``: the η schedule (absorbing
         isolated clusters can only shorten it). The last of them reaches the target and does not train."""
         n_clusters, periods = int(labels.max()) + 1, 0
         while n_clusters > n_target:
-            n_clusters -= min(math.ceil(self.eta * n_clusters), n_clusters - n_target)
+            n_clusters -= self.merges_in_period(n_clusters, n_target)
             periods += 1
         return periods
 
     def finalize(self, features: torch.Tensor, labels: np.ndarray, ctx: ForwardContext) -> np.ndarray:
         if self.final == "sf" and labels is not None and self.done(labels, ctx.n_target):
             return labels  # nothing left to merge: skip building the graph
-        started = time.time()
-        graph = ctx.build_graph(features)
-        self.last_stats = {"seconds_graph": time.time() - started}
+        graph = self._graph(features, ctx)
         if self.final == "rc":
             fresh = contiguous(ctx.initializer.initial_labels(graph, features, ctx.n_target, ctx.seed))
             self.last_stats["final_initial_clusters"] = float(fresh.max() + 1)
@@ -165,7 +172,7 @@ class Agglomerative:
         (never below ``target``, by default the target number of clusters)."""
         labels, state = self.absorb_isolated(features, graph, labels, ctx)
         n_clusters = int(labels.max()) + 1
-        steps = min(math.ceil(self.eta * n_clusters), n_clusters - (ctx.n_target if target is None else target))
+        steps = self.merges_in_period(n_clusters, ctx.n_target if target is None else target)
         return self.agglomerate(features, graph, labels, steps, ctx, state) if steps > 0 else labels
 
     def set_outliers_aside(self, features: torch.Tensor, graph, before: np.ndarray, labels: np.ndarray,
