@@ -296,6 +296,7 @@ class Experiment:
         head_opt = torch.optim.SGD(head_params, lr=t["lr"], weight_decay=t["weight_decay"]) if head_params else None
         generator = torch.Generator().manual_seed(period_seed(self.seed, period, 3))
         labels_t = torch.as_tensor(labels, device=self.device)
+        has_signal = getattr(self.plugins.loss, "batch_has_signal", lambda batch_labels: True)
         total_loss, count = 0.0, 0
         self.reporter.bar("epochs", t["epochs"], f"period {period} training")
         for epoch in range(t["epochs"]):
@@ -306,6 +307,12 @@ class Experiment:
                 lr = self.lr_at(step)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
+                if not has_signal(labels_t[idx]):
+                    self.step_without_signal(model, optimizer, head_opt,
+                                             self.network_input(images[self.dist.local_part(idx)]))
+                    count += 1
+                    step += 1
+                    continue
                 with self.out_of_memory_hint(period, "batch_size", "while training"):
                     embeddings = model(self.network_input(images[self.dist.local_part(idx)]))
                     loss = criterion(self.dist.gather_autograd(embeddings, len(idx)), labels_t[idx])
@@ -332,6 +339,27 @@ class Experiment:
                 (time.time() - training_started) / (epoch + 1), t["epochs"] - epoch - 1))
         self.reporter.hide("epochs")
         return step, total_loss / max(count, 1)
+
+    @staticmethod
+    def step_without_signal(model: nn.Module, optimizer: torch.optim.Optimizer,
+                            head_opt: torch.optim.Optimizer | None, batch: torch.Tensor) -> None:
+        """The step of a batch whose loss is 0 whatever the network computes (no same-cluster pair for the
+        triplet loss): the same update as a full step, for a third of its cost.
+
+        Its gradient is exactly zero, so the optimiser still applies weight decay and momentum (the Torch
+        code steps too), and the forward pass still runs, without autograd, so that the batch-norm
+        running statistics move exactly as they would; only the backward pass is skipped. A period whose
+        clusters hold a few samples each (MNIST-full's first: 11,519 clusters of 70,000 images) has about
+        half its batches of this kind."""
+        with torch.no_grad():
+            model(batch)
+        for opt in (optimizer, head_opt):
+            if opt is None:
+                continue
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    p.grad = torch.zeros_like(p)
+            opt.step()
 
     def metrics_row(self, period: int | str, labels: np.ndarray, truth: np.ndarray | None,
                     previous: np.ndarray | None = None) -> dict[str, Any]:

@@ -197,3 +197,6 @@ class Loss(Protocol):
 
     def epoch_order(self, labels: np.ndarray, generator: torch.Generator) -> torch.Tensor:
         """Sample indices for one epoch of training (a shuffle, or a balanced draw)."""
+
+    # Optional: ``batch_has_signal(batch_labels) -> bool``, False when a batch with these labels gives a
+    # zero loss whatever the embeddings; the engine then steps without the backward pass.

@@ -165,3 +165,49 @@ def test_criterion_end_to_end():
 def test_epoch_order_is_a_permutation():
     order = WeightedTriplet().epoch_order(np.zeros(50, dtype=np.int64), torch.Generator().manual_seed(0))
     assert sorted(order.tolist()) == list(range(50))
+
+
+def test_batches_without_a_pair_step_exactly_as_a_full_step(usps_subset, tmp_path, monkeypatch):
+    """The engine skips the backward pass of batches with no same-cluster pair (their loss is 0 whatever
+    the network computes); weights, momentum and batch-norm statistics must end bit for bit as when every
+    batch runs forward and backward."""
+    from pathlib import Path
+
+    from jule_kit.engine import Experiment
+    from jule_kit.recipe import load_recipe
+    from jule_kit.rundir import RunDir
+
+    recipe = load_recipe(Path(__file__).resolve().parent.parent / "recipes" / "jule_usps.yaml",
+                         [f"data={usps_subset}", "device=cpu", "train.epochs=2"])
+    images = torch.as_tensor(np.load(usps_subset)["images"])
+    # 30 pairs among 540 singletons, like a first period of many tiny clusters: some batches hold no pair
+    labels = np.concatenate([np.arange(60) // 2, np.arange(30, 570)])
+    skipped_steps = []
+    step_without_signal = Experiment.step_without_signal
+    monkeypatch.setattr(Experiment, "step_without_signal",
+                        staticmethod(lambda *args: skipped_steps.append(1) or step_without_signal(*args)))
+
+    def trained(skip: bool) -> dict:
+        if not skip:
+            monkeypatch.setattr(WeightedTriplet, "batch_has_signal", staticmethod(lambda batch_labels: True))
+        experiment = Experiment(recipe, RunDir(tmp_path / str(skip)))
+        torch.manual_seed(0)
+        state = experiment.start(experiment.load_data(), resume=False)
+        experiment.train_period(state.model, state.optimizer, images, labels, period=0, step=0)
+        momentum = {f"momentum{i}": s["momentum_buffer"] for i, s in enumerate(state.optimizer.state.values())}
+        return {**state.model.state_dict(), **momentum}
+
+    skipped = trained(True)
+    skips = len(skipped_steps)
+    assert 0 < skips < 12  # 12 batches in all: some steps skipped, some full
+    full = trained(False)
+    assert len(skipped_steps) == skips  # every batch ran forward and backward
+    assert skipped.keys() == full.keys()
+    for key in full:
+        assert torch.equal(skipped[key], full[key]), key
+    assert not torch.equal(skipped["momentum0"], torch.zeros_like(skipped["momentum0"]))
+
+
+def test_batch_has_signal_needs_two_samples_of_one_cluster():
+    assert WeightedTriplet.batch_has_signal(torch.tensor([3, 1, 3]))
+    assert not WeightedTriplet.batch_has_signal(torch.tensor([0, 1, 2, 5]))

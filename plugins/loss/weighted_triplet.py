@@ -78,6 +78,11 @@ class WeightedTriplet:
     def epoch_order(self, labels: np.ndarray, generator: torch.Generator) -> torch.Tensor:
         return torch.randperm(len(labels), generator=generator)
 
+    @staticmethod
+    def batch_has_signal(batch_labels: torch.Tensor) -> bool:
+        """A triplet needs two samples of one cluster: without such a pair the loss is 0."""
+        return bool(torch.unique(batch_labels).numel() < batch_labels.numel())
+
 
 @hookimpl
 def julekit_register_plugins(register):
