@@ -381,3 +381,22 @@ def test_final_stage_sets_outlier_clusters_aside_instead_of_joining_two_classes(
         assert nmi(truth, blobs) > 0.9
         assert set(labels[80:]) <= set(blobs)
         assert clusterer.last_stats["final_outliers"] == 2
+
+
+def test_outlier_guard_goes_back_a_period_when_the_outliers_predate_the_last_one():
+    """Three linked blobs and two far outlier pairs, η = 0.5: the last period starts from the blobs already
+    merged and the two pairs, so no redo of it can leave three classes (MNIST-full's final stage: eight
+    clusters of 2-3 images from 116 clusters down). The guard redoes the period before it too."""
+    rng = np.random.default_rng(0)
+    blobs = np.concatenate([c + rng.normal(scale=0.5, size=(40, 2)) for c in np.array([[0.0, 0.0], [2.5, 0.0], [1.25, 2.2]])])
+    far = [[8.0, 8.0], [8.2, 8.1], [-8.0, 8.0], [-8.2, 8.1]]
+    x = torch.from_numpy(np.concatenate([blobs, far]).astype(np.float32))
+    truth = np.repeat(np.arange(3), 40)
+    aff = KnnGaussian(k_s=5, normalize="none")
+    plain = Agglomerative(eta=0.5, absorb_isolated_above=None).finalize(x, None, make_ctx(aff, n_target=3))
+    assert nmi(truth, plain[:120]) < 0.1  # without the guard the three blobs end in one cluster
+    clusterer = Agglomerative(eta=0.5, absorb_isolated_above=None, final_outlier_fraction=0.05)
+    labels = clusterer.finalize(x, None, make_ctx(aff, n_target=3))
+    assert labels.max() + 1 == 3 and nmi(truth, labels[:120]) > 0.95
+    assert clusterer.last_stats["final_outlier_redo_periods"] == 2
+    assert clusterer.last_stats["final_outliers"] == 4

@@ -159,11 +159,12 @@ class Agglomerative:
                 labels = np.arange(len(fresh), dtype=np.int64)  # nothing to continue from: merge up from samples
             # else the final features have collapsed below the target (e.g. a too-high learning rate):
             # re-clustering cannot reach it, so continue from the joint loop's labels, as SF does
-        before = labels
+        starts = []  # the labels each period started from, for the outlier guard's redos
         while int(labels.max()) + 1 > ctx.n_target:
-            before, labels = labels, self.period(features, graph, labels, ctx)
+            starts.append(labels)
+            labels = self.period(features, graph, labels, ctx)
         if self.final_outlier_fraction > 0:
-            labels = self.set_outliers_aside(features, graph, before, labels, ctx)
+            labels = self.set_outliers_aside(features, graph, starts, labels, ctx)
         return labels
 
     def period(self, features: torch.Tensor, graph, labels: np.ndarray, ctx: ForwardContext,
@@ -175,28 +176,42 @@ class Agglomerative:
         steps = self.merges_in_period(n_clusters, ctx.n_target if target is None else target)
         return self.agglomerate(features, graph, labels, steps, ctx, state) if steps > 0 else labels
 
-    def set_outliers_aside(self, features: torch.Tensor, graph, before: np.ndarray, labels: np.ndarray,
+    def periods_to(self, features: torch.Tensor, graph, labels: np.ndarray, ctx: ForwardContext,
+                   target: int) -> np.ndarray:
+        """Periods of the η schedule from ``labels`` until at most ``target`` clusters remain."""
+        while int(labels.max()) + 1 > target:
+            labels = self.period(features, graph, labels, ctx, target=target)
+        return labels
+
+    def set_outliers_aside(self, features: torch.Tensor, graph, starts: list[np.ndarray], labels: np.ndarray,
                            ctx: ForwardContext) -> np.ndarray:
-        """Redo the last period so that it stops at K clusters of at least the outlier size, then let
+        """Redo the last periods so that they stop at K clusters of at least the outlier size, then let
         each smaller cluster join the nearest centroid.
 
         A handful of samples that no other sample has among its neighbours forms a cluster with
         (almost) no affinity to any other; the greedy merges never reach it, and the last merges
-        join two real classes instead of absorbing it."""
+        join real classes instead of absorbing it. The last period is redone first; when the
+        outliers were already there at its start (on MNIST-full eight clusters of 2-3 images survive
+        from 116 clusters down, and 12 → 10 cannot give 10 classes), the one before is, and so on."""
         min_size = self.final_outlier_fraction * len(labels) / ctx.n_target
         plain = labels
-        for _ in range(8):  # the small clusters of a redone period may differ; a few tries settle it
-            sizes = np.bincount(labels)
-            small = np.flatnonzero(sizes < min_size)
-            if len(small) == 0 or len(sizes) - len(small) == ctx.n_target:
-                break
-            labels = self.period(features, graph, before, ctx, target=ctx.n_target + len(small))
-        sizes = np.bincount(labels)
-        small = np.flatnonzero(sizes < min_size)
-        if len(small) == 0 or len(sizes) - len(small) < ctx.n_target:
-            return plain  # nothing set aside, or no redo found K larger clusters: keep the plain result
-        self.last_stats["final_outliers"] = float(sizes[small].sum())
-        return join_nearest_centroid(features, labels, small)
+        set_aside = int((np.bincount(plain) < min_size).sum())
+        if set_aside == 0:
+            return plain
+        for back, start in enumerate(reversed(starts), 1):
+            wanted = set_aside
+            for _ in range(8):  # the small clusters of a redo may differ; a few tries settle it
+                labels = self.periods_to(features, graph, start, ctx, ctx.n_target + wanted)
+                sizes = np.bincount(labels)
+                small = np.flatnonzero(sizes < min_size)
+                if len(sizes) - len(small) == ctx.n_target:
+                    self.last_stats["final_outliers"] = float(sizes[small].sum())
+                    self.last_stats["final_outlier_redo_periods"] = float(back)
+                    return join_nearest_centroid(features, labels, small)
+                if len(small) == wanted:
+                    break  # this start holds too few clusters to leave K larger ones: go back a period
+                wanted = len(small)
+        return plain  # no redo found K larger clusters: keep the plain result
 
     def absorb_isolated(self, features: torch.Tensor, graph, labels: np.ndarray,
                         ctx: ForwardContext) -> tuple[np.ndarray, LinkageState | None]:
