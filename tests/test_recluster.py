@@ -85,3 +85,19 @@ def test_an_unfinished_run_is_refused(finished_run, runner, tmp_path):
     assert result.exit_code == 2
     assert f"{copy}: the run has not finished (no summary.json); finish it with julekit run --resume {copy}" \
         in result.output
+
+
+def test_final_stage_transfer_on_the_runs_own_data_gives_its_final_stage(finished_run):
+    """bench/final_stage_transfer.py on the dataset the run was trained on: the same features, so the
+    same final NMI as the run's own final stage, with a line per period."""
+    import subprocess
+    import sys
+
+    from conftest import real_data_dir
+
+    proc = subprocess.run([sys.executable, "bench/final_stage_transfer.py", str(finished_run), "--data", "usps",
+                           "--data-dir", str(real_data_dir())], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert f"final: NMI {summary['nmi']:.3f}," in proc.stdout
+    assert " clusters: NMI " in proc.stdout
