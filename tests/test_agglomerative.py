@@ -400,3 +400,20 @@ def test_outlier_guard_goes_back_a_period_when_the_outliers_predate_the_last_one
     assert labels.max() + 1 == 3 and nmi(truth, labels[:120]) > 0.95
     assert clusterer.last_stats["final_outlier_redo_periods"] == 2
     assert clusterer.last_stats["final_outliers"] == 4
+
+
+def test_outlier_guard_keeps_a_real_class_fifty_times_smaller_than_the_largest():
+    """Unequal classes (600, 300, 120, 40 and 12 points): the guard's threshold is 1 % of the mean class
+    size N/K (2.1 points here), so the 12-point class stays a class of its own. (A threshold above the
+    class's size, e.g. final_outlier_fraction=0.1, would set it aside: the fraction must stay small.)"""
+    sizes = [600, 300, 120, 40, 12]
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [6.0, 0.0], [0.0, 6.0], [6.0, 6.0], [3.0, 3.0]])
+    x = torch.from_numpy(np.concatenate([c + rng.normal(scale=0.6, size=(n, 2)) for c, n in zip(centres, sizes)])
+                         .astype(np.float32))
+    truth = np.repeat(np.arange(5), sizes)
+    clusterer = Agglomerative(final_outlier_fraction=0.01)  # the jule_* recipes' value
+    labels = clusterer.finalize(x, None, make_ctx(KnnGaussian(k_s=20, normalize="none"), n_target=5))
+    assert nmi(truth, labels) == pytest.approx(1.0)
+    assert sorted(np.bincount(labels).tolist()) == sorted(sizes)
+    assert "final_outliers" not in clusterer.last_stats
