@@ -82,8 +82,9 @@ class Agglomerative:
         "target cluster, merge every cluster with no affinity to any other into the one with the nearest centroid "
         "(the Torch code: 20); null: never",
         "final_outlier_fraction": "final stage: clusters smaller than this fraction of the mean class size N/K do "
-        "not count towards the target; the last period is redone to stop at K larger clusters, and each smaller "
-        "one then joins the nearest centroid (0: off, as the Torch code)",
+        "not count towards the target; the last period (and, when the outliers predate it, the one before, and so "
+        "on) is redone to stop at K larger clusters, and each smaller one then joins the nearest centroid (0: off, "
+        "as the Torch code)",
     }
 
     def __init__(
