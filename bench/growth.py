@@ -36,17 +36,22 @@ def sizes_arg(text: str) -> list[int]:
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| data | N | D | total s | kNN graph s | initial clusters s | GDL table s | merging s | "
+    print("| data | N | D | total s | kNN graph s | initial clusters s | GDL table s | merging s | merges / s | "
           "peak RSS GB | RSS before GB | GPU peak GB | initial→final clusters | NMI | load (1 min) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         p = r["parts"]
         gpu = f"{gb(r['gpu_peak_bytes']):.2f}" if "gpu_peak_bytes" in r else "–"
         print(f"| {r['data']} | {r['n']} | {r['dim']} | {r['seconds']:.1f} | {p['knn_graph']:.1f} | "
-              f"{p['initial_clusters']:.2f} | {p['gdl_table']:.2f} | {p['merging']:.1f} | "
+              f"{p['initial_clusters']:.2f} | {p['gdl_table']:.2f} | {p['merging']:.1f} | {merges_per_second(r):,.0f} | "
               f"{gb(r['peak_rss_bytes']):.2f} | {gb(r['baseline_rss_bytes']):.2f} | {gpu} | "
               f"{r.get('initial_clusters', '?')}→{r['n_clusters']} | {r['nmi']:.3f} | {r['load_before'][0]:.2f} |",
               flush=True)
+
+
+def merges_per_second(row: dict) -> float:
+    """Merges of the run (initial clusters down to the target) per second of merging."""
+    return (row["initial_clusters"] - row["n_clusters"]) / max(row["parts"]["merging"], 1e-9)
 
 
 def slopes(rows: list[dict]) -> dict[str, float]:

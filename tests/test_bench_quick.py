@@ -58,6 +58,7 @@ def test_growth_quick(data_dir: Path, tmp_path: Path) -> None:
     assert len(table) == 2, stdout
     for line in table:
         assert_nmi(float(line.strip("|").split("|")[-2]))
+        assert float(line.strip("|").split("|")[8].replace(",", "")) > 0  # merges per second
 
     report = json.loads(out_json.read_text())
     assert {"machine", "device", "rows", "slopes"} <= report.keys()

@@ -13,7 +13,18 @@ import torch
 from jule_kit.hookspecs import Graph
 from jule_kit.metrics import contiguous
 from jule_kit.plugins.affinity.knn_gaussian import KnnGaussian
+from jule_kit.plugins.linkage import gdl as gdl_module
 from jule_kit.plugins.linkage.gdl import GDL, gdl_tables
+
+
+@pytest.fixture(autouse=True, params=["compiled", "python"])
+def merge_loop(request, monkeypatch):
+    """Every test on both GDL states: the compiled one, and the Python one that runs without numba."""
+    if request.param == "python":
+        monkeypatch.setattr(gdl_module, "gdl_compiled", None)
+    elif gdl_module.gdl_compiled is None:
+        pytest.skip("numba is not installed")
+    return request.param
 
 # ----------------------------------------------------------------------------------------
 # dense reference

@@ -293,7 +293,14 @@ class Agglomerative:
         return self.k_c if n_clusters > self.kc_min_clusters else 1
 
     def _merge_steps(self, state: LinkageState, steps: int, ctx: ForwardContext, offset: int, total: int) -> int:
-        """Greedy merges with a lazily invalidated heap of cluster scores."""
+        """Greedy merges with a lazily invalidated heap of cluster scores.
+
+        A linkage state that offers ``merge_greedily`` (the compiled GDL table) runs this same loop
+        itself, in compiled code, with the same choices."""
+        compiled = getattr(state, "merge_greedily", None)
+        if compiled is not None:
+            report = None if ctx.progress is None else (lambda done: ctx.progress(offset + done, total))
+            return compiled(steps, self.k_c, self.kc_min_clusters, self.lam, report)
         n_clusters = sum(1 for _ in state.clusters())
         version: dict[int, int] = {}
         heap: list[tuple[float, int, int]] = []

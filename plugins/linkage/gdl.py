@@ -27,6 +27,11 @@ from jule_kit import hookimpl
 from jule_kit.cluster_table import SparseClusterState, dict_of_rows, gather_rows, membership
 from jule_kit.hookspecs import Graph
 
+try:  # the compiled merge loop (numba); without it the Python code below runs, with the same labels
+    from . import gdl_compiled
+except ImportError:  # pragma: no cover - numba not installed (e.g. a machine installed with --no-deps)
+    gdl_compiled = None
+
 
 def gdl_tables(weights: sp.csr_matrix, labels: np.ndarray) -> sp.csr_matrix:
     """The sparse C×C matrix B with B[x, y] = B(x→y) (diagonal removed)."""
@@ -112,6 +117,84 @@ class GDLState(SparseClusterState):
         return big, neighbours | {big}
 
 
+class CompiledGDLState:
+    """``GDLState`` held in numba's typed containers: the whole greedy loop (``merge_greedily``) runs
+    compiled, with the same arithmetic in the same order, so the labels are bit for bit the Python
+    state's. The LinkageState methods read the same containers."""
+
+    def __init__(self, graph: Graph, labels: np.ndarray, exact: bool, middle: bool = False) -> None:
+        labels = np.asarray(labels, dtype=np.int64).copy()
+        w = graph.weights.tocsr()
+        self.n = w.shape[0]
+        in_out = sp.vstack([w.T.tocsr(), w], format="csr")
+        self._in_out = (in_out.indptr.astype(np.int64), in_out.indices.astype(np.int64),
+                        in_out.data.astype(np.float64))
+        self.exact, self.middle = exact, middle
+        n_clusters = int(labels.max()) + 1
+        b = gdl_tables(w, labels)
+        counts = np.bincount(labels, minlength=n_clusters)
+        sizes = counts.astype(np.float64)
+        q = b @ sp.diags(1.0 / sizes**2) if middle else sp.diags(1.0 / sizes**2) @ b
+        aff = (q + q.T).tocsr()
+        self._b = gdl_compiled.rows_from_csr(b.indptr.astype(np.int64), b.indices.astype(np.int64),
+                                             b.data.astype(np.float64), n_clusters)
+        self._aff = gdl_compiled.rows_from_csr(aff.indptr.astype(np.int64), aff.indices.astype(np.int64),
+                                               aff.data.astype(np.float64), n_clusters)
+        self._labels = labels
+        self._head, self._tail, self._next = gdl_compiled.member_lists(labels, n_clusters)
+        self._size = counts.astype(np.int64)
+        self._alive = counts > 0
+
+    def _tables(self) -> tuple:
+        return (self._b, self._aff, self._labels, self._head, self._tail, self._next, self._size, self._alive,
+                *self._in_out, self.n, self.exact, self.middle)
+
+    @property
+    def b(self):
+        """``b[x][y]`` = B(x→y), as ``GDLState.b``."""
+        return self._b
+
+    @property
+    def size(self) -> np.ndarray:
+        """``size[c]``: the number of samples in cluster c (0 once merged away)."""
+        return self._size
+
+    # -- the LinkageState protocol ------------------------------------------------------
+    def affinities(self, cluster: int):
+        return self._aff[cluster]
+
+    def clusters(self) -> list[int]:
+        return np.flatnonzero(self._alive).tolist()
+
+    def labels(self) -> np.ndarray:
+        return self._labels
+
+    def __len__(self) -> int:
+        return int(self._alive.sum())
+
+    def merge(self, a: int, b: int) -> tuple[int, Iterable[int]]:
+        merged, changed = gdl_compiled.merge_pair(a, b, *self._tables())
+        return int(merged), set(changed.tolist())
+
+    def merge_greedily(self, steps: int, k_c: int, kc_min_clusters: int, lam: float, progress=None) -> int:
+        """Up to ``steps`` merges by the clusterer's criterion, compiled (``Agglomerative._merge_steps``
+        in numba); ``progress(done)`` is called about 200 times. Returns the merges done."""
+        n_clusters = len(self)
+        k_start = k_c if n_clusters > kc_min_clusters else 1
+        heap = gdl_compiled.start_heap(self._aff, self._alive, k_start, lam)
+        version = np.where(self._alive, 0, -1).astype(np.int64)
+        chunk, done = max(1, steps // 200), 0
+        while done < steps:
+            did, n_clusters = gdl_compiled.greedy_merges(min(chunk, steps - done), heap, version, n_clusters, k_c,
+                                                          kc_min_clusters, lam, *self._tables())
+            done += did
+            if progress is not None:
+                progress(done)
+            if did == 0 or len(heap) == 0:
+                break
+        return done
+
+
 class GDL:
     kind = "linkage"
     name = "gdl"
@@ -120,14 +203,17 @@ class GDL:
         "update": "exact (default), or fast: drop the cross term on merges as the Torch code does",
         "size_norm": "source: B(i→j)/|C_i|² (the paper's GDL); middle: B(i→j)/|C_j|², the size of the cluster "
         "the paths run through (a TensorFlow port of JULE)",
+        "compiled": "true (default): the merge loop compiled with numba where it is installed; false: the Python "
+        "loop (the same labels, bit for bit)",
     }
 
     def __init__(self, *, update: Literal["exact", "fast"] = "exact",
-                 size_norm: Literal["source", "middle"] = "source") -> None:
-        self.update, self.size_norm = update, size_norm
+                 size_norm: Literal["source", "middle"] = "source", compiled: bool = True) -> None:
+        self.update, self.size_norm, self.compiled = update, size_norm, compiled
 
-    def init(self, graph: Graph, labels: np.ndarray) -> GDLState:
-        return GDLState(graph, labels, exact=self.update == "exact", middle=self.size_norm == "middle")
+    def init(self, graph: Graph, labels: np.ndarray) -> GDLState | CompiledGDLState:
+        state = GDLState if gdl_compiled is None or not self.compiled else CompiledGDLState
+        return state(graph, labels, exact=self.update == "exact", middle=self.size_norm == "middle")
 
 
 @hookimpl
