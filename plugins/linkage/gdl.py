@@ -144,10 +144,12 @@ class CompiledGDLState:
         self._head, self._tail, self._next = gdl_compiled.member_lists(labels, n_clusters)
         self._size = counts.astype(np.int64)
         self._alive = counts > 0
+        # zeroed scratch space of the cross terms: a degree per sample and direction, a sum per cluster
+        self._scratch = (np.zeros(2 * self.n), np.zeros(n_clusters))
 
     def _tables(self) -> tuple:
         return (self._b, self._aff, self._labels, self._head, self._tail, self._next, self._size, self._alive,
-                *self._in_out, self.n, self.exact, self.middle)
+                *self._in_out, self.n, self.exact, self.middle, *self._scratch)
 
     @property
     def b(self):

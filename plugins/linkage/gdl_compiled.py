@@ -50,56 +50,71 @@ def member_lists(labels, n_clusters):
 
 
 @njit(cache=True)
-def _cross_terms(big, small, labels, head, nxt, size, in_out_ptr, in_out_idx, in_out_w, n):
-    """X(y) for every cluster y other than big and small (``GDLState._cross_terms``)."""
+def _cross_terms(big, small, labels, head, nxt, in_out_ptr, in_out_idx, in_out_w, n, deg, cross):
+    """X(y) for every cluster y other than big and small (``GDLState._cross_terms``).
+
+    ``deg`` (2N) and ``cross`` (C) are zeroed scratch arrays, left zeroed again; returns the clusters
+    y with X(y) > 0, and leaves X(y) in ``cross[y]`` until the caller has read and cleared it."""
     # the in- then out-neighbours of small's members, keyed u (an in-neighbour) or n + v (an out-neighbour);
     # their degrees towards small summed in gather order, as np.bincount does
-    deg_small = Dict.empty(types.int64, types.float64)
+    n_keys = 0
+    for part in range(2):
+        m = head[small]
+        while m >= 0:
+            row = m + n * part
+            n_keys += in_out_ptr[row + 1] - in_out_ptr[row]
+            m = nxt[m]
+    keys = np.empty(n_keys, np.int64)
+    n_keys = 0
     for part in range(2):
         m = head[small]
         while m >= 0:
             row = m + n * part
             for e in range(in_out_ptr[row], in_out_ptr[row + 1]):
                 key = in_out_idx[e] + n * part
-                deg_small[key] = deg_small.get(key, 0.0) + in_out_w[e]
+                if deg[key] == 0.0:
+                    keys[n_keys] = key
+                    n_keys += 1
+                deg[key] += in_out_w[e]
             m = nxt[m]
-    keys = np.empty(len(deg_small), np.int64)
-    i = 0
-    for key in deg_small:
-        keys[i] = key
-        i += 1
-    keys.sort()
-    cross = Dict.empty(types.int64, types.float64)
+    keys = np.sort(keys[:n_keys])
+    targets = np.empty(n_keys, np.int64)
+    n_targets = 0
     for key in keys:
         deg_big = 0.0
         for e in range(in_out_ptr[key], in_out_ptr[key + 1]):
             if labels[in_out_idx[e]] == big:
                 deg_big += in_out_w[e]
-        value = deg_small[key] * deg_big
+        value = deg[key] * deg_big
+        deg[key] = 0.0
         target = labels[key - n if key >= n else key]
         if value > 0 and target != big and target != small:
-            cross[target] = cross.get(target, 0.0) + value
-    return cross
+            if cross[target] == 0.0:
+                targets[n_targets] = target
+                n_targets += 1
+            cross[target] += value
+    return targets[:n_targets]
 
 
 @njit(cache=True)
 def merge_pair(a, b, b_rows, aff, labels, head, tail, nxt, size, alive, in_out_ptr, in_out_idx, in_out_w, n,
-               exact, middle):
-    """Merge clusters a and b (``GDLState.merge``); returns the merged id and the changed clusters."""
+               exact, middle, deg, cross):
+    """Merge clusters a and b (``GDLState.merge``); returns the merged id and the changed clusters.
+    ``deg`` and ``cross``: zeroed scratch arrays of 2N and C floats."""
     if size[a] > size[b] or (size[a] == size[b] and b >= a):
         big, small = a, b
     else:
         big, small = b, a
     if exact:
-        cross = _cross_terms(big, small, labels, head, nxt, size, in_out_ptr, in_out_idx, in_out_w, n)
+        crossed = _cross_terms(big, small, labels, head, nxt, in_out_ptr, in_out_idx, in_out_w, n, deg, cross)
     else:
-        cross = Dict.empty(types.int64, types.float64)
+        crossed = np.empty(0, np.int64)
     neighbours = Dict.empty(types.int64, types.boolean)
     for y in aff[big]:
         neighbours[y] = True
     for y in aff[small]:
         neighbours[y] = True
-    for y in cross:
+    for y in crossed:
         neighbours[y] = True
     neighbours.pop(big, False)
     neighbours.pop(small, False)
@@ -111,8 +126,9 @@ def merge_pair(a, b, b_rows, aff, labels, head, tail, nxt, size, alive, in_out_p
         if y != big:
             row[y] = row.get(y, 0.0) + v
     b_rows[small] = Dict.empty(types.int64, types.float64)
-    for y, v in cross.items():
-        row[y] = row.get(y, 0.0) + v
+    for y in crossed:
+        row[y] = row.get(y, 0.0) + cross[y]
+        cross[y] = 0.0
     # B(x→M) = B(x→big) + B(x→small)
     for x in neighbours:
         bx = b_rows[x]
@@ -213,7 +229,7 @@ def start_heap(aff, alive, k_c, lam):
 
 @njit(cache=True)
 def greedy_merges(steps, heap, version, n_clusters, k_c, kc_min_clusters, lam, b_rows, aff, labels, head, tail,
-                  nxt, size, alive, in_out_ptr, in_out_idx, in_out_w, n, exact, middle):
+                  nxt, size, alive, in_out_ptr, in_out_idx, in_out_w, n, exact, middle, deg, cross):
     """Up to ``steps`` greedy merges (``Agglomerative._merge_steps``); returns (merges done, clusters left).
 
     ``version`` holds each live cluster's heap version (-1: gone); heap entries of an older
@@ -225,7 +241,7 @@ def greedy_merges(steps, heap, version, n_clusters, k_c, kc_min_clusters, lam, b
             continue
         partner = best_neighbour(aff[c])
         merged, changed = merge_pair(c, partner, b_rows, aff, labels, head, tail, nxt, size, alive, in_out_ptr,
-                                     in_out_idx, in_out_w, n, exact, middle)
+                                     in_out_idx, in_out_w, n, exact, middle, deg, cross)
         gone = partner if merged == c else c
         version[gone] = -1
         n_clusters -= 1
