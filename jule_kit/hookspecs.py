@@ -142,6 +142,10 @@ class LinkageState(Protocol):
     def labels(self) -> np.ndarray:
         """(N,) current cluster id of every sample (ids need not be contiguous)."""
 
+    # Optional: ``merge_greedily(steps, k_c, kc_min_clusters, lam, progress) -> int`` runs the
+    # ``agglomerative`` clusterer's greedy loop itself (compiled), making exactly the merges that loop
+    # would make through ``affinities`` and ``merge``; returns the merges done (gdl's compiled state).
+
 
 @runtime_checkable
 class Linkage(Protocol):
