@@ -21,8 +21,8 @@ from jule_kit.plugins.linkage.gdl import GDL, gdl_tables
 def merge_loop(request, monkeypatch):
     """Every test on both GDL states: the compiled one, and the Python one that runs without numba."""
     if request.param == "python":
-        monkeypatch.setattr(gdl_module, "gdl_compiled", None)
-    elif gdl_module.gdl_compiled is None:
+        monkeypatch.setattr(gdl_module, "compiled_kernels", lambda: None)
+    elif gdl_module.compiled_kernels() is None:
         pytest.skip("numba is not installed")
     return request.param
 

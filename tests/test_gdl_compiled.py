@@ -22,7 +22,7 @@ from jule_kit.plugins.clusterer.agglomerative import Agglomerative
 from jule_kit.plugins.initializer.path_integral import PathIntegralInit
 from jule_kit.plugins.linkage import gdl
 
-pytestmark = pytest.mark.skipif(gdl.gdl_compiled is None, reason="numba is not installed")
+pytestmark = pytest.mark.skipif(gdl.compiled_kernels() is None, reason="numba is not installed")
 
 # (dataset, subset, clusterer settings, linkage settings) -> (graph hash, labels hash of the Python loop)
 CASES = {

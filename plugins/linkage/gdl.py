@@ -27,10 +27,17 @@ from jule_kit import hookimpl
 from jule_kit.cluster_table import SparseClusterState, dict_of_rows, gather_rows, membership
 from jule_kit.hookspecs import Graph
 
-try:  # the compiled merge loop (numba); without it the Python code below runs, with the same labels
-    from . import gdl_compiled
-except ImportError:  # pragma: no cover - numba not installed (e.g. a machine installed with --no-deps)
-    gdl_compiled = None
+
+
+def compiled_kernels():
+    """The compiled merge loop (``gdl_compiled``, numba), imported on first use: importing numba takes
+    half a second that ``julekit --help`` need not pay. None where numba is not installed (a machine
+    installed with --no-deps): the Python code below then runs, with the same labels."""
+    try:
+        from . import gdl_compiled
+    except ImportError:
+        return None
+    return gdl_compiled
 
 
 def gdl_tables(weights: sp.csr_matrix, labels: np.ndarray) -> sp.csr_matrix:
@@ -136,12 +143,13 @@ class CompiledGDLState:
         sizes = counts.astype(np.float64)
         q = b @ sp.diags(1.0 / sizes**2) if middle else sp.diags(1.0 / sizes**2) @ b
         aff = (q + q.T).tocsr()
-        self._b = gdl_compiled.rows_from_csr(b.indptr.astype(np.int64), b.indices.astype(np.int64),
+        kernels = self._kernels = compiled_kernels()
+        self._b = kernels.rows_from_csr(b.indptr.astype(np.int64), b.indices.astype(np.int64),
                                              b.data.astype(np.float64), n_clusters)
-        self._aff = gdl_compiled.rows_from_csr(aff.indptr.astype(np.int64), aff.indices.astype(np.int64),
+        self._aff = kernels.rows_from_csr(aff.indptr.astype(np.int64), aff.indices.astype(np.int64),
                                                aff.data.astype(np.float64), n_clusters)
         self._labels = labels
-        self._head, self._tail, self._next = gdl_compiled.member_lists(labels, n_clusters)
+        self._head, self._tail, self._next = kernels.member_lists(labels, n_clusters)
         self._size = counts.astype(np.int64)
         self._alive = counts > 0
         # zeroed scratch space of the cross terms: a degree per sample and direction, a sum per cluster
@@ -175,7 +183,7 @@ class CompiledGDLState:
         return int(self._alive.sum())
 
     def merge(self, a: int, b: int) -> tuple[int, Iterable[int]]:
-        merged, changed = gdl_compiled.merge_pair(a, b, *self._tables())
+        merged, changed = self._kernels.merge_pair(a, b, *self._tables())
         return int(merged), set(changed.tolist())
 
     def merge_greedily(self, steps: int, k_c: int, kc_min_clusters: int, lam: float, progress=None) -> int:
@@ -183,11 +191,11 @@ class CompiledGDLState:
         in numba); ``progress(done)`` is called about 200 times. Returns the merges done."""
         n_clusters = len(self)
         k_start = k_c if n_clusters > kc_min_clusters else 1
-        heap = gdl_compiled.start_heap(self._aff, self._alive, k_start, lam)
+        heap = self._kernels.start_heap(self._aff, self._alive, k_start, lam)
         version = np.where(self._alive, 0, -1).astype(np.int64)
         chunk, done = max(1, steps // 200), 0
         while done < steps:
-            did, n_clusters = gdl_compiled.greedy_merges(min(chunk, steps - done), heap, version, n_clusters, k_c,
+            did, n_clusters = self._kernels.greedy_merges(min(chunk, steps - done), heap, version, n_clusters, k_c,
                                                           kc_min_clusters, lam, *self._tables())
             done += did
             if progress is not None:
@@ -214,7 +222,7 @@ class GDL:
         self.update, self.size_norm, self.compiled = update, size_norm, compiled
 
     def init(self, graph: Graph, labels: np.ndarray) -> GDLState | CompiledGDLState:
-        state = GDLState if gdl_compiled is None or not self.compiled else CompiledGDLState
+        state = CompiledGDLState if self.compiled and compiled_kernels() is not None else GDLState
         return state(graph, labels, exact=self.update == "exact", middle=self.size_norm == "middle")
 
 
