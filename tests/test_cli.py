@@ -149,7 +149,8 @@ def test_validate_applies_overrides_and_extends(runner, tmp_path):
     assert result.exit_code == 0, result.output
     resolved = yaml.safe_load(result.output)
     assert resolved["seed"] == 3
-    assert resolved["linkage"] == {"name": "gdl", "update": "fast", "size_norm": "source"}  # inherited settings kept
+    assert resolved["linkage"] == {"name": "gdl", "update": "fast", "size_norm": "source",
+                                   "compiled": True}  # inherited settings kept
     assert resolved["clusterer"]["k_c"] == 3 and resolved["clusterer"]["lam"] == 0.5
     assert resolved["clusterer"]["eta"] == 0.9  # default made explicit
     assert resolved["data"]["name"] == "some/file.npz"

@@ -106,4 +106,5 @@ def test_a_second_gdl_is_an_error_unless_chosen(tmp_path, usps_subset):
     # the shorthand form picks julekit's, with its settings
     shorthand = _julekit(["validate", str(RECIPES / "ac_gdl_usps.yaml"), "--set", "linkage=julekit:gdl"], site, **env)
     assert shorthand.returncode == 0, shorthand.stderr
-    assert yaml.safe_load(shorthand.stdout)["linkage"] == {"name": "julekit:gdl", "update": "exact", "size_norm": "source"}
+    assert yaml.safe_load(shorthand.stdout)["linkage"] == {"name": "julekit:gdl", "update": "exact", "size_norm": "source",
+                                                           "compiled": True}
