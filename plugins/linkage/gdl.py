@@ -28,7 +28,6 @@ from jule_kit.cluster_table import SparseClusterState, dict_of_rows, gather_rows
 from jule_kit.hookspecs import Graph
 
 
-
 def compiled_kernels():
     """The compiled merge loop (``gdl_compiled``, numba), imported on first use: importing numba takes
     half a second that ``julekit --help`` need not pay. None where numba is not installed (a machine
@@ -53,21 +52,26 @@ def gdl_tables(weights: sp.csr_matrix, labels: np.ndarray) -> sp.csr_matrix:
     return b
 
 
+def initial_tables(graph: Graph, labels: np.ndarray, middle: bool
+                   ) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix]:
+    """What a GDL state starts from: the stacked [Wᵀ; W] (rows 0..N-1 a sample's in-edges, rows N..2N-1
+    its out-edges, so that one gather serves both directions), B, and the symmetric affinity table."""
+    w = graph.weights.tocsr()
+    in_out = sp.vstack([w.T.tocsr(), w], format="csr")
+    b = gdl_tables(w, labels)
+    sizes = np.bincount(labels, minlength=b.shape[0]).astype(np.float64)
+    q = b @ sp.diags(1.0 / sizes**2) if middle else sp.diags(1.0 / sizes**2) @ b  # B(i→j)/|j|² or /|i|²
+    return in_out, b, (q + q.T).tocsr()
+
+
 class GDLState(SparseClusterState):
     def __init__(self, graph: Graph, labels: np.ndarray, exact: bool, middle: bool = False) -> None:
         super().__init__(labels)
-        self.middle = middle
-        w = graph.weights.tocsr()
-        self.n = w.shape[0]
-        # rows 0..N-1: Wᵀ (a sample's in-edges), rows N..2N-1: W (its out-edges), so that one gather
-        # serves both directions
-        self.w_in_out = sp.vstack([w.T.tocsr(), w], format="csr")
-        self.exact = exact
-        b = gdl_tables(w, self._labels)
+        self.middle, self.exact = middle, exact
+        self.n = graph.n_samples
+        self.w_in_out, b, aff = initial_tables(graph, self._labels, middle)
         self.b: dict[int, dict[int, float]] = dict_of_rows(b)
-        sizes = np.array([self.size[c] for c in range(len(self.size))], dtype=np.float64)
-        q = b @ sp.diags(1.0 / sizes**2) if middle else sp.diags(1.0 / sizes**2) @ b  # B(i→j)/|j|² or /|i|²
-        self.aff = dict_of_rows((q + q.T).tocsr())
+        self.aff = dict_of_rows(aff)
 
     def _cross_terms(self, big: int, small: int) -> dict[int, float]:
         """X(y) for every cluster y other than the two being merged."""
@@ -131,23 +135,16 @@ class CompiledGDLState:
 
     def __init__(self, graph: Graph, labels: np.ndarray, exact: bool, middle: bool = False) -> None:
         labels = np.asarray(labels, dtype=np.int64).copy()
-        w = graph.weights.tocsr()
-        self.n = w.shape[0]
-        in_out = sp.vstack([w.T.tocsr(), w], format="csr")
+        self.n = graph.n_samples
+        self.exact, self.middle = exact, middle
+        in_out, b, aff = initial_tables(graph, labels, middle)
         self._in_out = (in_out.indptr.astype(np.int64), in_out.indices.astype(np.int64),
                         in_out.data.astype(np.float64))
-        self.exact, self.middle = exact, middle
-        n_clusters = int(labels.max()) + 1
-        b = gdl_tables(w, labels)
+        n_clusters = b.shape[0]
         counts = np.bincount(labels, minlength=n_clusters)
-        sizes = counts.astype(np.float64)
-        q = b @ sp.diags(1.0 / sizes**2) if middle else sp.diags(1.0 / sizes**2) @ b
-        aff = (q + q.T).tocsr()
         kernels = self._kernels = compiled_kernels()
-        self._b = kernels.rows_from_csr(b.indptr.astype(np.int64), b.indices.astype(np.int64),
-                                             b.data.astype(np.float64), n_clusters)
-        self._aff = kernels.rows_from_csr(aff.indptr.astype(np.int64), aff.indices.astype(np.int64),
-                                               aff.data.astype(np.float64), n_clusters)
+        self._b, self._aff = (kernels.rows_from_csr(m.indptr.astype(np.int64), m.indices.astype(np.int64),
+                                                    m.data.astype(np.float64), n_clusters) for m in (b, aff))
         self._labels = labels
         self._head, self._tail, self._next = kernels.member_lists(labels, n_clusters)
         self._size = counts.astype(np.int64)
