@@ -19,11 +19,10 @@ from jule_kit.plugins.linkage.gdl import GDL, gdl_tables
 
 @pytest.fixture(autouse=True, params=["compiled", "python"])
 def merge_loop(request, monkeypatch):
-    """Every test on both GDL states: the compiled one, and the Python one that runs without numba."""
+    """Every test on both GDL states: the compiled one (numba is a dependency), and the Python one that
+    runs where numba is not installed."""
     if request.param == "python":
         monkeypatch.setattr(gdl_module, "compiled_kernels", lambda: None)
-    elif gdl_module.compiled_kernels() is None:
-        pytest.skip("numba is not installed")
     return request.param
 
 # ----------------------------------------------------------------------------------------
