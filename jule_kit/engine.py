@@ -307,14 +307,14 @@ class Experiment:
                 lr = self.lr_at(step)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
+                batch = self.network_input(images[self.dist.local_part(idx)])
                 if not has_signal(labels_t[idx]):
-                    self.step_without_signal(model, optimizer, head_opt,
-                                             self.network_input(images[self.dist.local_part(idx)]))
+                    self.step_without_signal(model, optimizer, head_opt, batch)
                     count += 1
                     step += 1
                     continue
                 with self.out_of_memory_hint(period, "batch_size", "while training"):
-                    embeddings = model(self.network_input(images[self.dist.local_part(idx)]))
+                    embeddings = model(batch)
                     loss = criterion(self.dist.gather_autograd(embeddings, len(idx)), labels_t[idx])
                 if not torch.isfinite(loss):
                     raise TrainingError(

@@ -6,7 +6,8 @@ checks label hashes on real data): a B row is updated as B(big→y) + B(small→
 degree sums run over the gathered edges in the order ``np.bincount`` sums them, and the heap holds
 (−score, cluster, version) tuples ordered as Python's ``heapq`` orders them.
 
-Imported only where numba is installed (``gdl.COMPILED``); without it the Python code runs.
+Imported on first use, where numba is installed (``gdl.compiled_kernels``); without it the Python
+code runs.
 """
 from __future__ import annotations
 
@@ -178,9 +179,9 @@ def merge_pair(a, b, b_rows, aff, labels, head, tail, nxt, size, alive, in_out_p
 def merge_score(row, k_c, lam):
     """The paper's criterion for a cluster with affinities ``row`` (``agglomerative.merge_score``).
 
-    The K_c largest values are kept in a small sorted buffer in one pass (no sort of the whole row,
-    no allocation per row: a giant cluster's row has thousands of entries), then summed in the
-    descending order Python's ``sum(sorted(...)[1:k_c])`` uses."""
+    The K_c largest values are kept in a K_c-long sorted buffer in one pass (no copy or sort of the
+    whole row: a giant cluster's row has thousands of entries), then summed in the descending order
+    Python's ``sum(sorted(...)[1:k_c])`` uses."""
     if len(row) == 0:
         return -math.inf
     if k_c == 1 or lam == 0:
