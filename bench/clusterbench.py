@@ -208,11 +208,30 @@ def synthetic_features(n: int, dim: int = 160, blobs: int = 1000, classes: int =
     return torch.from_numpy(x), blob_class[blob].astype(np.int64)
 
 
+def noisy_mnist_features(recipe: dict, n: int, data_dir: str | None = None, noise: float = 0.1, seed: int = 0
+                         ) -> tuple[Any, np.ndarray]:
+    """All MNIST-full pixels (/255, 784-d) repeated to ``n`` rows, every row plus Gaussian noise of
+    std ``noise`` per pixel: real image structure at sizes the dataset does not have."""
+    import torch
+
+    base, labels = mnist_features(recipe, None, data_dir)
+    rows = np.arange(n) % base.shape[0]
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.empty(n, base.shape[1])
+    for start in range(0, n, 100_000):  # in chunks: the noise for 1M rows at once would double the peak
+        stop = min(n, start + 100_000)
+        x[start:stop] = base[torch.as_tensor(rows[start:stop])] + noise * torch.randn(
+            stop - start, base.shape[1], generator=generator)
+    return x, labels[rows]
+
+
 # ---------------------------------------------------------------- child jobs
 
 def _load_features(job: dict, recipe: dict) -> tuple[Any, np.ndarray]:
     if job["data"] == "synthetic":
         return synthetic_features(job["n"], dim=job.get("dim", 160), blobs=job.get("blobs", 1000))
+    if job["data"] == "mnist_noisy":
+        return noisy_mnist_features(recipe, job["n"], job.get("data_dir"))
     return mnist_features(recipe, job["n"], job.get("data_dir"))
 
 
@@ -285,7 +304,7 @@ def job_sklearn(job: dict) -> dict[str, Any]:
 
     from jule_kit.metrics import nmi
 
-    recipe = load_recipe_for(job["recipe"], "cpu")
+    recipe = load_recipe_for(job["recipe"], "cpu", job.get("overrides"))
     features, truth = _load_features(job, recipe)
     from jule_kit.registry import get_registry
 

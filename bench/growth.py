@@ -5,6 +5,8 @@
     python bench/growth.py --device cuda --include-1m   # on a GPU machine (torch kNN on the GPU), up to 1M
     python bench/growth.py --set affinity.knn=kmeans_tree --sizes 70000 \
         --synthetic-sizes 70000,200000,500000,1000000   # the k-means tree graph: a million points on 2 cores
+    python bench/growth.py --set affinity.knn=kmeans_tree --sizes "" --synthetic-sizes "" \
+        --noisy-sizes 200000,500000,1000000   # real image structure: MNIST-full pixels repeated with noise
 
 Each N runs in a fresh child process (peak RSS is that N's alone): the recipe's kNN graph,
 path-integral initial clusters and GDL merges down to 10 clusters, exactly the library code
@@ -58,7 +60,8 @@ def slopes(rows: list[dict]) -> dict[str, float]:
     """Log-log slopes of time and peak memory against N: all rows, the MNIST rows, the synthetic rows."""
     out: dict[str, float] = {}
     groups = {"all": rows, "mnist": [r for r in rows if r["data"] == "mnist"],
-              "synthetic": [r for r in rows if r["data"] == "synthetic"]}
+              "synthetic": [r for r in rows if r["data"] == "synthetic"],
+              "mnist_noisy": [r for r in rows if r["data"] == "mnist_noisy"]}
     for name, rs in groups.items():
         if len(rs) < 2:
             continue
@@ -86,7 +89,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
               ("GB", "peak RSS - RSS before the stage", lambda r: gb(r["peak_rss_bytes"] - r["baseline_rss_bytes"]))]
     if any("gpu_peak_bytes" in r for r in rows):
         series.append(("GB", "GPU peak", lambda r: gb(r.get("gpu_peak_bytes", 0))))
-    kinds = [("mnist", "o-", "MNIST 784-d"), ("synthetic", "s--", "synthetic 160-d")]
+    kinds = [("mnist", "o-", "MNIST 784-d"), ("synthetic", "s--", "synthetic 160-d"),
+             ("mnist_noisy", "^-.", "MNIST + noise 784-d")]
     n_lo, n_hi = min(r["n"] for r in rows), max(r["n"] for r in rows)
     for ax, unit in zip(axes, ("seconds", "GB")):
         anchor = None
@@ -121,6 +125,9 @@ def main() -> None:
     parser.add_argument("--sizes", default=None, help=f"MNIST subset sizes (default {DEFAULT_SIZES}; --quick {QUICK_SIZES})")
     parser.add_argument("--synthetic-sizes", default=None,
                         help=f"synthetic 160-d sizes (default {DEFAULT_SYNTHETIC}; none with --quick)")
+    parser.add_argument("--noisy-sizes", default="",
+                        help="sizes of MNIST-full pixels repeated with noise (784-d real image structure), "
+                        "e.g. 200000,500000,1000000")
     parser.add_argument("--include-1m", action="store_true", help="add 1,000,000 synthetic samples (for a GPU)")
     parser.add_argument("--quick", action="store_true", help=f"MNIST {QUICK_SIZES} only")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
@@ -150,7 +157,8 @@ def main() -> None:
                           else ("" if args.quick else DEFAULT_SYNTHETIC))
     if args.include_1m and ONE_MILLION not in synthetic:
         synthetic.append(ONE_MILLION)
-    jobs = [{"data": "mnist", "n": n} for n in sorted(mnist)] + [{"data": "synthetic", "n": n} for n in sorted(synthetic)]
+    jobs = ([{"data": "mnist", "n": n} for n in sorted(mnist)] + [{"data": "synthetic", "n": n} for n in sorted(synthetic)]
+            + [{"data": "mnist_noisy", "n": n} for n in sorted(sizes_arg(args.noisy_sizes))])
     info = machine_info()
     print(f"device {args.device}; CPU {info['cpu']}, {info['cores']} cores; load {load_avg()}; recipe {args.recipe}"
           + "".join(f" --set {o}" for o in args.overrides), flush=True)
@@ -189,7 +197,7 @@ def summarise(rows: list[dict], args: argparse.Namespace, info: dict, device: st
     print()
     if len(rows) < 2:
         print("log-log slopes need two or more sizes")
-    for name in ("all", "mnist", "synthetic"):
+    for name in ("all", "mnist", "synthetic", "mnist_noisy"):
         if f"{name}_seconds" in fit:
             print(f"log-log slopes, {name} rows: time {fit[f'{name}_seconds']:.2f} (kNN {fit[f'{name}_knn_seconds']:.2f}, "
                   f"init + merging {fit[f'{name}_clustering_seconds']:.2f}); peak RSS {fit[f'{name}_peak_rss']:.2f} "

@@ -64,18 +64,28 @@ def _shown(path: Path) -> str:
 
 def command_for(method: str, dataset: str, seeds: int, out: Path, device: str | None,
                 recipes: Path = RECIPES) -> list[str]:
-    cmd = ["julekit", "run", _shown(recipes / f"{method}_{dataset}.yaml"), "--seeds", str(seeds), "--out", str(out)]
+    return recipe_command(recipes / f"{method}_{dataset}.yaml", [], seeds, out, device)
+
+
+def recipe_command(recipe: Path, sets: list[str], seeds: int, out: Path, device: str | None) -> list[str]:
+    cmd = ["julekit", "run", _shown(recipe), *[a for s in sets for a in ("--set", s)], "--seeds", str(seeds),
+           "--out", str(out)]
     return cmd + (["--device", device] if device else [])
 
 
 def run_cell(method: str, dataset: str, seeds: int, out_root: Path, device: str | None,
              recipes: Path = RECIPES, data_dir: str | None = None) -> None:
-    """Reuse the cell's finished run of the recipe as it reads now, resume it, or run it.
+    """Reuse the cell's finished run of the recipe as it reads now, resume it, or run it."""
+    run_recipe(recipes / f"{method}_{dataset}.yaml", [], out_root / f"{method}_{dataset}", seeds, device, data_dir)
 
-    A cell made from other settings (the recipe file changed since) is set aside as
-    ``<cell>.stale-<time>`` and run again into a fresh folder, never quoted."""
-    out = out_root / f"{method}_{dataset}"
-    wanted = load_recipe(recipes / f"{method}_{dataset}.yaml", [f"device={device}"] if device else [])
+
+def run_recipe(recipe: Path, sets: list[str], out: Path, seeds: int, device: str | None,
+               data_dir: str | None = None) -> dict:
+    """Reuse the finished run of ``recipe`` with ``sets`` in ``out``, resume it, or run it; returns its summary.
+
+    A folder made from other settings (the recipe file changed since) is set aside as
+    ``<folder>.stale-<time>`` and run again into a fresh folder, never quoted."""
+    wanted = load_recipe(recipe, list(sets) + ([f"device={device}"] if device else []))
 
     def run(_: RunDir, resume: bool) -> dict:
         if resume:
@@ -86,7 +96,7 @@ def run_cell(method: str, dataset: str, seeds: int, out_root: Path, device: str 
                 recorded.write_text(json.dumps(marker) + "\n")
             cmd = ["julekit", "run", "--resume", str(out)]
         else:
-            cmd = command_for(method, dataset, seeds, out, device, recipes)
+            cmd = recipe_command(recipe, sets, seeds, out, device)
         cmd += ["--data-dir", data_dir] if data_dir else []
         print("$ " + shlex.join(cmd), flush=True)
         subprocess.run([sys.executable, "-m", "jule_kit.cli", *cmd[1:]], cwd=REPO, check=True)
@@ -102,7 +112,8 @@ def run_cell(method: str, dataset: str, seeds: int, out_root: Path, device: str 
         print(f"{stale}; set aside as {aside.name}, running the cell again", flush=True)
         outcome = run_or_reuse(run, out, wanted, complete=enough)
     if outcome.status == REUSED:
-        print(f"{method}_{dataset}: reused ({len(outcome.summary['seeds'])} seeds)", flush=True)
+        print(f"{out.name}: reused ({len(outcome.summary['seeds'])} seeds)", flush=True)
+    return outcome.summary
 
 
 def cell_status(method: str, dataset: str, data_dir: str | None, device: str | None, allow_slow: bool) -> str | None:
@@ -116,14 +127,25 @@ def cell_status(method: str, dataset: str, data_dir: str | None, device: str | N
     return None
 
 
-def sf_nmi(out: Path) -> float | None:
-    """JULE-SF: the mean over seeds of the last joint period's NMI (before the final RC stage)."""
+def seed_dirs(out: Path) -> list[Path]:
+    """A multi-seed run's seed<i> folders, in seed order."""
+    return sorted((p for p in out.glob("seed*") if p.is_dir() and p.name[4:].isdigit()), key=lambda p: int(p.name[4:]))
+
+
+def sf_values(out: Path) -> list[float]:
+    """JULE-SF of each seed: the last joint period's NMI (before the final RC stage)."""
     values = []
-    for metrics in sorted(out.glob("seed*/metrics.jsonl")):
+    for metrics in (d / "metrics.jsonl" for d in seed_dirs(out) if (d / "metrics.jsonl").is_file()):
         rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
         periods = [r for r in rows if isinstance(r.get("period"), int) and "nmi" in r]
         if periods:
             values.append(periods[-1]["nmi"])
+    return values
+
+
+def sf_nmi(out: Path) -> float | None:
+    """JULE-SF: the mean over seeds of the last joint period's NMI."""
+    values = sf_values(out)
     return sum(values) / len(values) if values else None
 
 

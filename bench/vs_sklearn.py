@@ -30,14 +30,14 @@ TARGET_SPEEDUP, TARGET_SECONDS, TARGET_PEAK_GB = 5.0, 150.0, 3.0  # the issue's 
 
 
 def measure(n: int | None, recipe: str, data_dir: str | None, sklearn_timeout: float | None,
-            memory_guard: bool = True) -> tuple[dict, dict | None, dict]:
+            memory_guard: bool = True, overrides: list[str] | None = None) -> tuple[dict, dict | None, dict]:
     """julekit, then scikit-learn on julekit's graph, at ``n`` images (None: all).
 
     Returns (julekit, sklearn or None when skipped / timed out, notes on sklearn's run).
     """
     with tempfile.TemporaryDirectory() as tmp:
         graph = str(Path(tmp) / "knn_indices.npy")
-        base = {"data": "mnist", "n": n, "recipe": recipe, "data_dir": data_dir}
+        base = {"data": "mnist", "n": n, "recipe": recipe, "data_dir": data_dir, "overrides": overrides or []}
         jk = run_child({**base, "kind": "julekit", "graph_out": graph, "device": "cpu"})
         nnz = int(symmetric_connectivity(np.load(graph)).nnz)
         need = jk["baseline_rss_bytes"] + sklearn_peak_estimate(nnz, jk["dim"])
@@ -94,6 +94,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="N = 10000 unless --n is given (about a minute)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures to this JSON file")
     parser.add_argument("--recipe", default=str(DEFAULT_RECIPE))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="recipe override for julekit's run, e.g. --set affinity.knn=kmeans_tree (repeatable)")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--sklearn-timeout", type=float, default=900.0,
                         help="seconds after which scikit-learn at N is stopped and extrapolated instead")
@@ -105,8 +107,10 @@ def main() -> None:
     n = args.n if args.n is not None else (10_000 if args.quick else None)
 
     load_start = load_avg()
-    jk, sk, notes = measure(n, args.recipe, args.data_dir, args.sklearn_timeout, not args.no_memory_guard)
+    jk, sk, notes = measure(n, args.recipe, args.data_dir, args.sklearn_timeout, not args.no_memory_guard,
+                           args.overrides)
     out: dict = {"machine": machine_info(), "load_start": load_start, "recipe": args.recipe,
+                 "overrides": args.overrides,
                  "command": " ".join(["python", *sys.argv]), "julekit": jk, "sklearn": sk, "sklearn_notes": notes}
     extrapolated = sk is None
     if extrapolated:
@@ -115,7 +119,7 @@ def main() -> None:
               flush=True)
         steps = []
         for s in sizes:
-            jk_s, sk_s, _ = measure(s, args.recipe, args.data_dir, None, not args.no_memory_guard)
+            jk_s, sk_s, _ = measure(s, args.recipe, args.data_dir, None, not args.no_memory_guard, args.overrides)
             if sk_s is None:
                 raise SystemExit(f"scikit-learn cannot run at N = {s} either (memory); lower --extrapolate-sizes")
             steps.append({"n": s, "julekit": jk_s, "sklearn": sk_s})

@@ -58,6 +58,8 @@ SEARCHES = ("exact", "kmeans_tree", "ivf", "hnsw")
 TREE_LEAF_SIZE = 256  # kmeans_tree: mean points per leaf when nlist is not given
 # lists visited when nprobe is not given: a tree leaf's queries share their probes, so it visits more
 DEFAULT_NPROBE = {"kmeans_tree": 32, "ivf": 16}
+SKETCH_WIDTH = 4  # kmeans_tree: rows at least this many times wider than sketch_dim are sketched
+SHORTLIST = 4  # kmeans_tree with a sketch: candidates per query (in units of k + 1) scored exactly
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,10 @@ class Search:
     (√nlist cells, each cut into leaves in proportion to its size, every k-means trained on at most
     ``train_per_list`` points a centroid); each leaf's points take their neighbours among the points
     of the ``nprobe`` leaves (None: 32) whose centroids are nearest its own, one matrix product per
-    leaf. At a fixed leaf size that scan, most of the work, is linear in N (the k-means levels grow as
+    leaf. Rows at least 4·``sketch_dim`` wide (pixels) are first scored in a ``sketch_dim``-d PCA
+    sketch (fitted on 8,192 seeded rows); each query's 4·(k+1) best there, pooled over the leaf, are
+    then scored exactly (on MNIST pixels the same recall at 1.8× the speed; None: always exact).
+    At a fixed leaf size that scan, most of the work, is linear in N (the k-means levels grow as
     N·√nlist, the probe lists as nlist², both small). It runs in torch on the CPU or a GPU, bit for
     bit the same from run to run on one machine.
     ``ivf``: IndexIVFFlat, ``nlist`` lists (None: 4·√N) trained by k-means on at most
@@ -85,6 +90,7 @@ class Search:
     train_per_list: int = 64
     hnsw_m: int = 32
     ef_search: int = 128
+    sketch_dim: int | None = 64
 
     def __post_init__(self) -> None:
         if self.kind not in SEARCHES:
@@ -92,9 +98,13 @@ class Search:
         for name in ("train_per_list", "hnsw_m", "ef_search"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("nprobe", "nlist"):
+        for name in ("nprobe", "nlist", "sketch_dim"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def sketches(self, dim: int) -> bool:
+        """Whether a kmeans_tree search of ``dim``-wide rows shortlists candidates in a PCA sketch."""
+        return self.kind == "kmeans_tree" and bool(self.sketch_dim) and dim >= SKETCH_WIDTH * self.sketch_dim
 
     @property
     def probes(self) -> int:
@@ -195,6 +205,11 @@ def _tree_search(x: torch.Tensor, kq: int, search: Search, seed: int = 0) -> tup
     probes = torch.cat([(c_sq[None, :] - 2.0 * (centroids[s:s + 1024] @ centroids.T)).topk(
         wanted, dim=1, largest=False).indices for s in range(0, nlist, 1024)]).tolist()
     x_sq = (x * x).sum(1)
+    # wide rows (pixels): shortlist each query's candidates in a PCA sketch, score only the shortlists exactly
+    sketch = _pca_sketch(x, search.sketch_dim, seed) if search.sketches(x.shape[1]) else None
+    if sketch is not None:
+        s_sq = (sketch * sketch).sum(1)
+        keep = kq * SHORTLIST
     dist = torch.empty(n, kq, dtype=x.dtype, device=x.device)
     index = torch.empty(n, kq, dtype=torch.long, device=x.device)
     for cell in range(nlist):
@@ -210,10 +225,24 @@ def _tree_search(x: torch.Tensor, kq: int, search: Search, seed: int = 0) -> tup
         candidates = torch.cat(visit)
         if found < kq:  # tiny leaves all around: search every point
             candidates = torch.arange(n, device=x.device)
+        if sketch is not None and len(candidates) > keep:
+            d = s_sq[queries, None] + s_sq[None, candidates] - 2.0 * (sketch[queries] @ sketch[candidates].T)
+            short = torch.topk(d, keep, dim=1, largest=False, sorted=False).indices
+            candidates = candidates[torch.unique(short)]  # the leaf's shortlists together, scored exactly below
         d = x_sq[queries, None] + x_sq[None, candidates] - 2.0 * (x[queries] @ x[candidates].T)
         d, j = torch.topk(d, kq, dim=1, largest=False, sorted=True)
         dist[queries], index[queries] = d.clamp_min_(0), candidates[j]
     return dist, index
+
+
+def _pca_sketch(x: torch.Tensor, dim: int, seed: int, sample: int = 8192) -> torch.Tensor:
+    """x projected on its first ``dim`` principal axes, fitted on a seeded sample of rows."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.randperm(x.shape[0], generator=generator)[:sample].to(x.device)
+    centred = x[rows] - x[rows].mean(0)
+    _, axes = torch.linalg.eigh(centred.T @ centred)  # ascending eigenvalues: the last columns lead
+    # distances only need the axes, not the mean: (x − m)·V and x·V differ by one shift per axis
+    return x @ axes[:, -dim:]
 
 
 def _tree_leaves(x: torch.Tensor, nlist: int, train_per_list: int, seed: int) -> torch.Tensor:

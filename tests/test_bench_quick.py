@@ -130,3 +130,24 @@ def test_gpu_check_rehearsal_on_cpu(data_dir: Path, tmp_path: Path) -> None:
     again = subprocess.run(args, capture_output=True, text=True, timeout=60, cwd=REPO)
     assert again.returncode == 2
     assert again.stderr.strip() == f"gpu_check.sh: {out}/work already exists; pass another --out or move it away"
+
+
+def test_new_datasets_tabulates_the_baselines_and_the_derived_jule(tmp_path: Path) -> None:
+    """digits (scikit-learn's, embedded), one seed: K-means, both AC-GDL settings and the derived JULE,
+    with JULE's SF, RC − SF and its lead over the best baseline; a second call reuses every run."""
+    table = tmp_path / "new.md"
+    args = ["bench/new_datasets.py", "--datasets", "digits", "--seeds", "1", "--out", str(tmp_path / "runs"),
+            "--table", str(table)]
+    run(args)
+    rows = [line.split("|")[1:-1] for line in table.read_text().splitlines() if line.startswith("| digits")]
+    assert [r[4].strip() for r in rows] == ["K-means", "AC-GDL (K_c 5)", "AC-GDL (max affinity)", "JULE (derived)"]
+    assert all(r[1].strip() == "1797" and r[3].strip() == "183 / 174" for r in rows), rows
+    for r in rows:
+        assert_nmi(float(r[5].strip(" *").split(" ± ")[0]))
+    assert_nmi(float(rows[3][7].split(" ± ")[0]))  # JULE SF
+    gap = float(rows[3][8])
+    assert -1.0 <= gap <= 1.0 and rows[0][8].strip() == "-"
+    assert re.search(r"^- digits: JULE RC − best raw-pixel baseline = [+-]0\.\d{3}; seed 0 cluster sizes \[",
+                     table.read_text(), flags=re.M), table.read_text()
+    again = run(args)
+    assert again.count(": reused (1 seeds)") == 4, again

@@ -277,7 +277,26 @@ def test_kmeans_tree_with_leaves_smaller_than_k_searches_wider():
     np.testing.assert_allclose(dist2, true, atol=1e-5)
 
 
+def test_kmeans_tree_sketch_shortlists_pixels_without_losing_neighbours(mnist_pixels):
+    """784-d pixels are scored first in a 64-d PCA sketch: the same recall as exact scores of every
+    candidate, and the distances returned are still the exact ones; a tiny sketch loses neighbours."""
+    from jule_kit.backends import Search
+
+    _, exact = knn(mnist_pixels, K)
+    settings = SEARCH_SETTINGS["kmeans_tree"]
+    assert Search("kmeans_tree", **settings).sketches(784) and not Search("kmeans_tree", **settings).sketches(160)
+    dist2, sketched = knn(mnist_pixels, K, search=Search("kmeans_tree", **settings))
+    _, full = knn(mnist_pixels, K, search=Search("kmeans_tree", sketch_dim=None, **settings))
+    assert not np.array_equal(sketched, full)  # the sketch path ran
+    assert recall(sketched, exact) >= recall(full, exact) - 0.005
+    true = ((mnist_pixels[:, None, :] - mnist_pixels[torch.as_tensor(sketched)]) ** 2).sum(2).numpy()
+    np.testing.assert_allclose(dist2, true, atol=1e-5)
+    _, tiny = knn(mnist_pixels, K, search=Search("kmeans_tree", sketch_dim=2, **settings))
+    assert recall(tiny, exact) < recall(full, exact) - 0.02
+
+
 @pytest.mark.parametrize("setting, value, message", [
+    ("sketch_dim", 0, "sketch_dim must be >= 1, got 0"),
     ("nprobe", 0, "nprobe must be >= 1, got 0"), ("nlist", 0, "nlist must be >= 1, got 0"),
     ("ef_search", 0, "ef_search must be >= 1, got 0"), ("hnsw_m", -1, "hnsw_m must be >= 1, got -1")])
 def test_bad_index_parameters_fail_at_once(setting, value, message):

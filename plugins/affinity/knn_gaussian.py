@@ -28,6 +28,8 @@ class KnnGaussian:
         "nlist": "kmeans_tree: number of leaves (null: N/256); ivf: number of inverted lists (null: 4*sqrt(N))",
         "nprobe": "kmeans_tree: leaves searched for each leaf's points (null: 32); ivf: lists visited per query "
         "(null: 16); more: higher recall, slower",
+        "sketch_dim": "kmeans_tree: rows at least 4x this wide (pixels) shortlist their candidates in a PCA "
+        "sketch of this many dimensions before the exact scores (null: exact scores only)",
         "hnsw_m": "hnsw: links per node",
         "ef_search": "hnsw: candidates kept per query (at least k_s + 1)",
     }
@@ -45,6 +47,7 @@ class KnnGaussian:
         nprobe: int | None = None,
         hnsw_m: int = 32,
         ef_search: int = 128,
+        sketch_dim: int | None = 64,
     ) -> None:
         if k_s < 1:
             raise ValueError(f"k_s must be >= 1, got {k_s}")
@@ -53,7 +56,8 @@ class KnnGaussian:
         self.k_s, self.a, self.normalize, self.backend = k_s, a, normalize, backend
         self.knn, self.exact_below = knn, exact_below
         # checks the index parameters now, so a bad value fails before any work starts
-        self.approximate = {kind: Search(kind, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_search=ef_search)
+        self.approximate = {kind: Search(kind, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_search=ef_search,
+                                         sketch_dim=sketch_dim)
                             for kind in ("kmeans_tree", "ivf", "hnsw")}
 
     def search(self, n: int) -> Search:
