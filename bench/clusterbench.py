@@ -208,13 +208,42 @@ def synthetic_features(n: int, dim: int = 160, blobs: int = 1000, classes: int =
     return torch.from_numpy(x), blob_class[blob].astype(np.int64)
 
 
-def noisy_mnist_features(recipe: dict, n: int, data_dir: str | None = None, noise: float = 0.1, seed: int = 0
+def noisy_mnist_features(recipe: dict, n: int, data_dir: str | None = None, noise: float = 0.1
                          ) -> tuple[Any, np.ndarray]:
     """All MNIST-full pixels (/255, 784-d) repeated to ``n`` rows, every row plus Gaussian noise of
     std ``noise`` per pixel: real image structure at sizes the dataset does not have."""
+    base, labels = mnist_features(recipe, None, data_dir)
+    return noisy_copies(base, labels, n, noise)
+
+
+def run_features(run: str | Path, data_dir: str | None = None) -> tuple[Any, np.ndarray]:
+    """The final features of a finished JULE run (its last checkpoint's network on its data, as its final
+    stage computes them), before the affinity's normalisation, and the labels."""
+    import torch
+    from jule_kit.engine import Experiment
+    from jule_kit.recipe import load_recipe
+    from jule_kit.rundir import RECIPE, RunDir
+
+    run = Path(run)
+    state = RunDir(run).load_checkpoint()
+    if state is None or "model" not in state:
+        raise SystemExit(f"{run}: no checkpoint with a trained network")
+    recipe = load_recipe(run / RECIPE, ["device=cpu"])
+    with tempfile.TemporaryDirectory() as tmp:
+        exp = Experiment(recipe, RunDir(Path(tmp)), data_dir=data_dir)
+        with exp.deterministic():
+            data = exp.load_data()
+            model = exp.build_model(data)
+            model.load_state_dict(state["model"])
+            features = exp.features(model, torch.as_tensor(data.images), state["period"] + 1,
+                                    refresh_bn=exp.train["final_bn"] == "refresh")
+    return features.detach(), data.labels
+
+
+def noisy_copies(base: Any, labels: np.ndarray, n: int, noise: float, seed: int = 0) -> tuple[Any, np.ndarray]:
+    """``base`` rows repeated to ``n`` rows, each plus Gaussian noise of std ``noise`` per dimension."""
     import torch
 
-    base, labels = mnist_features(recipe, None, data_dir)
     rows = np.arange(n) % base.shape[0]
     generator = torch.Generator().manual_seed(seed)
     x = torch.empty(n, base.shape[1])
@@ -232,6 +261,13 @@ def _load_features(job: dict, recipe: dict) -> tuple[Any, np.ndarray]:
         return synthetic_features(job["n"], dim=job.get("dim", 160), blobs=job.get("blobs", 1000))
     if job["data"] == "mnist_noisy":
         return noisy_mnist_features(recipe, job["n"], job.get("data_dir"))
+    if job["data"] == "run_noisy":  # a finished JULE run's final features (saved by the parent), with noise
+        import torch
+
+        saved = np.load(job["features"])
+        base = torch.from_numpy(saved["features"])
+        return noisy_copies(base / base.norm(dim=1, keepdim=True).clamp_min(1e-12), saved["labels"], job["n"],
+                            job.get("noise", 0.01))
     return mnist_features(recipe, job["n"], job.get("data_dir"))
 
 

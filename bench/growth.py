@@ -7,6 +7,9 @@
         --synthetic-sizes 70000,200000,500000,1000000   # the k-means tree graph: a million points on 2 cores
     python bench/growth.py --set affinity.knn=kmeans_tree --sizes "" --synthetic-sizes "" \
         --noisy-sizes 200000,500000,1000000   # real image structure: MNIST-full pixels repeated with noise
+    python bench/growth.py --set affinity.knn=kmeans_tree --sizes "" --synthetic-sizes "" \
+        --noisy-sizes 200000,500000,1000000 --features-run runs/reproduce/jule_mnist_full/seed0
+        # real features: a finished MNIST-full run's CNN features, repeated with noise
 
 Each N runs in a fresh child process (peak RSS is that N's alone): the recipe's kNN graph,
 path-integral initial clusters and GDL merges down to 10 clusters, exactly the library code
@@ -51,6 +54,20 @@ def print_table(rows: list[dict]) -> None:
               flush=True)
 
 
+def features_file(args: argparse.Namespace) -> str:
+    """The --features-run network's final features, extracted once into runs/bench/ for every child."""
+    import numpy as np
+    from clusterbench import run_features
+
+    path = REPO / "runs" / "bench" / f"features-{Path(args.features_run).resolve().parent.name}-" \
+        f"{Path(args.features_run).name}.npz"
+    if not path.exists():
+        features, labels = run_features(args.features_run, args.data_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, features=features.numpy(), labels=labels)
+    return str(path)
+
+
 def merges_per_second(row: dict) -> float:
     """Merges of the run (initial clusters down to the target) per second of merging."""
     return (row["initial_clusters"] - row["n_clusters"]) / max(row["parts"]["merging"], 1e-9)
@@ -61,7 +78,8 @@ def slopes(rows: list[dict]) -> dict[str, float]:
     out: dict[str, float] = {}
     groups = {"all": rows, "mnist": [r for r in rows if r["data"] == "mnist"],
               "synthetic": [r for r in rows if r["data"] == "synthetic"],
-              "mnist_noisy": [r for r in rows if r["data"] == "mnist_noisy"]}
+              "mnist_noisy": [r for r in rows if r["data"] == "mnist_noisy"],
+              "run_noisy": [r for r in rows if r["data"] == "run_noisy"]}
     for name, rs in groups.items():
         if len(rs) < 2:
             continue
@@ -90,7 +108,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     if any("gpu_peak_bytes" in r for r in rows):
         series.append(("GB", "GPU peak", lambda r: gb(r.get("gpu_peak_bytes", 0))))
     kinds = [("mnist", "o-", "MNIST 784-d"), ("synthetic", "s--", "synthetic 160-d"),
-             ("mnist_noisy", "^-.", "MNIST + noise 784-d")]
+             ("mnist_noisy", "^-.", "MNIST + noise 784-d"), ("run_noisy", "v-.", "JULE features + noise")]
     n_lo, n_hi = min(r["n"] for r in rows), max(r["n"] for r in rows)
     for ax, unit in zip(axes, ("seconds", "GB")):
         anchor = None
@@ -128,6 +146,9 @@ def main() -> None:
     parser.add_argument("--noisy-sizes", default="",
                         help="sizes of MNIST-full pixels repeated with noise (784-d real image structure), "
                         "e.g. 200000,500000,1000000")
+    parser.add_argument("--features-run", default=None,
+                        help="a finished JULE run: its final CNN features (L2 rows) repeated with noise of std "
+                        "0.01 a dimension to --noisy-sizes, instead of MNIST pixels")
     parser.add_argument("--include-1m", action="store_true", help="add 1,000,000 synthetic samples (for a GPU)")
     parser.add_argument("--quick", action="store_true", help=f"MNIST {QUICK_SIZES} only")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
@@ -158,7 +179,8 @@ def main() -> None:
     if args.include_1m and ONE_MILLION not in synthetic:
         synthetic.append(ONE_MILLION)
     jobs = ([{"data": "mnist", "n": n} for n in sorted(mnist)] + [{"data": "synthetic", "n": n} for n in sorted(synthetic)]
-            + [{"data": "mnist_noisy", "n": n} for n in sorted(sizes_arg(args.noisy_sizes))])
+            + [({"data": "run_noisy", "features": features_file(args)} if args.features_run else {"data": "mnist_noisy"})
+               | {"n": n} for n in sorted(sizes_arg(args.noisy_sizes))])
     info = machine_info()
     print(f"device {args.device}; CPU {info['cpu']}, {info['cores']} cores; load {load_avg()}; recipe {args.recipe}"
           + "".join(f" --set {o}" for o in args.overrides), flush=True)
@@ -197,7 +219,7 @@ def summarise(rows: list[dict], args: argparse.Namespace, info: dict, device: st
     print()
     if len(rows) < 2:
         print("log-log slopes need two or more sizes")
-    for name in ("all", "mnist", "synthetic", "mnist_noisy"):
+    for name in ("all", "mnist", "synthetic", "mnist_noisy", "run_noisy"):
         if f"{name}_seconds" in fit:
             print(f"log-log slopes, {name} rows: time {fit[f'{name}_seconds']:.2f} (kNN {fit[f'{name}_knn_seconds']:.2f}, "
                   f"init + merging {fit[f'{name}_clustering_seconds']:.2f}); peak RSS {fit[f'{name}_peak_rss']:.2f} "
