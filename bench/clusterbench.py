@@ -235,8 +235,7 @@ def run_features(run: str | Path, data_dir: str | None = None) -> tuple[Any, np.
             data = exp.load_data()
             model = exp.build_model(data)
             model.load_state_dict(state["model"])
-            features = exp.features(model, torch.as_tensor(data.images), state["period"] + 1,
-                                    refresh_bn=exp.train["final_bn"] == "refresh")
+            features = exp.final_features(model, torch.as_tensor(data.images), state["period"] + 1)
     return features.detach(), data.labels
 
 

@@ -34,6 +34,9 @@ DEFAULT_SIZES = "10000,20000,40000,70000"
 QUICK_SIZES = "5000,10000"
 DEFAULT_SYNTHETIC = "200000"
 ONE_MILLION = 1_000_000
+# the kinds of rows: (the job's "data", plot style, plot label); each kind gets its own slopes and line
+DATA_KINDS = (("mnist", "o-", "MNIST 784-d"), ("synthetic", "s--", "synthetic 160-d"),
+              ("mnist_noisy", "^-.", "MNIST + noise 784-d"), ("run_noisy", "v-.", "JULE features + noise"))
 
 
 def sizes_arg(text: str) -> list[int]:
@@ -74,12 +77,9 @@ def merges_per_second(row: dict) -> float:
 
 
 def slopes(rows: list[dict]) -> dict[str, float]:
-    """Log-log slopes of time and peak memory against N: all rows, the MNIST rows, the synthetic rows."""
+    """Log-log slopes of time and peak memory against N: all rows, and the rows of each data kind."""
     out: dict[str, float] = {}
-    groups = {"all": rows, "mnist": [r for r in rows if r["data"] == "mnist"],
-              "synthetic": [r for r in rows if r["data"] == "synthetic"],
-              "mnist_noisy": [r for r in rows if r["data"] == "mnist_noisy"],
-              "run_noisy": [r for r in rows if r["data"] == "run_noisy"]}
+    groups = {"all": rows, **{kind: [r for r in rows if r["data"] == kind] for kind, _, _ in DATA_KINDS}}
     for name, rs in groups.items():
         if len(rs) < 2:
             continue
@@ -107,14 +107,12 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
               ("GB", "peak RSS - RSS before the stage", lambda r: gb(r["peak_rss_bytes"] - r["baseline_rss_bytes"]))]
     if any("gpu_peak_bytes" in r for r in rows):
         series.append(("GB", "GPU peak", lambda r: gb(r.get("gpu_peak_bytes", 0))))
-    kinds = [("mnist", "o-", "MNIST 784-d"), ("synthetic", "s--", "synthetic 160-d"),
-             ("mnist_noisy", "^-.", "MNIST + noise 784-d"), ("run_noisy", "v-.", "JULE features + noise")]
     n_lo, n_hi = min(r["n"] for r in rows), max(r["n"] for r in rows)
     for ax, unit in zip(axes, ("seconds", "GB")):
         anchor = None
         for i, (u, label, f) in enumerate(s for s in series if s[0] == unit):
             colour = f"C{i}"
-            for data, style, data_label in kinds:
+            for data, style, data_label in DATA_KINDS:
                 rs = [r for r in rows if r["data"] == data]
                 if rs:  # MNIST and synthetic rows are separate lines: different data, not one curve
                     ax.plot([r["n"] for r in rs], [f(r) for r in rs], style, color=colour,
@@ -219,7 +217,7 @@ def summarise(rows: list[dict], args: argparse.Namespace, info: dict, device: st
     print()
     if len(rows) < 2:
         print("log-log slopes need two or more sizes")
-    for name in ("all", "mnist", "synthetic", "mnist_noisy", "run_noisy"):
+    for name in ("all", *(kind for kind, _, _ in DATA_KINDS)):
         if f"{name}_seconds" in fit:
             print(f"log-log slopes, {name} rows: time {fit[f'{name}_seconds']:.2f} (kNN {fit[f'{name}_knn_seconds']:.2f}, "
                   f"init + merging {fit[f'{name}_clustering_seconds']:.2f}); peak RSS {fit[f'{name}_peak_rss']:.2f} "

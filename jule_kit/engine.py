@@ -224,6 +224,13 @@ class Experiment:
                 self.refresh_batch_norm(model, images)
             return self.extract(model, images)
 
+    def final_features(self, model: nn.Module | None, images: torch.Tensor, period: int) -> torch.Tensor:
+        """What the final stage clusters: the network's features (batch norm refreshed where the recipe
+        says so), or the raw pixels when there is no network."""
+        if model is None:
+            return self.raw_features(images)
+        return self.features(model, images, period, refresh_bn=self.train["final_bn"] == "refresh")
+
     @torch.no_grad()
     def refresh_batch_norm(self, model: nn.Module, images: torch.Tensor) -> None:
         """Re-estimate the batch-norm running statistics of the final network on every image.
@@ -505,8 +512,7 @@ class Experiment:
                     target: int, data: Dataset) -> tuple[np.ndarray, dict[str, Any], torch.Tensor]:
         """The clusterer's final stage on the final features: (labels, the "final" metrics row, features)."""
         t0 = time.time()
-        features = self.raw_features(images) if model is None else self.features(
-            model, images, period, refresh_bn=self.train["final_bn"] == "refresh")
+        features = self.final_features(model, images, period)
         self.check_finite(features, period)
         final_features = self.plugins.affinity.prepare(features)
         self.reporter.bar("merges", 1, "final stage")

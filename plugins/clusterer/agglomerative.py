@@ -62,8 +62,8 @@ def join_nearest_centroid(features: torch.Tensor, labels: np.ndarray, movers: np
     return contiguous(parent[labels])
 
 
-
 MIN_CLASS_SIZE = 3  # the outlier guard's floor: clusters of 1-2 images never count as classes
+
 
 class Agglomerative:
     kind = "clusterer"
@@ -85,9 +85,9 @@ class Agglomerative:
         "target cluster, merge every cluster with no affinity to any other into the one with the nearest centroid "
         "(the Torch code: 20); null: never",
         "final_outlier_fraction": "final stage: clusters smaller than this fraction of the mean class size N/K "
-        "(and than 3 images) do not count towards the target; the last period (and, when the outliers predate it, the one before, and so "
-        "on) is redone to stop at K larger clusters, and each smaller one then joins the nearest centroid (0: off, "
-        "as the Torch code)",
+        "(and than 3 images) do not count towards the target; the last period (and, when the outliers predate it, "
+        "the one before, and so on) is redone to stop at K larger clusters, and each smaller one then joins the "
+        "nearest centroid (0: off, as the Torch code)",
     }
 
     def __init__(
@@ -199,7 +199,6 @@ class Agglomerative:
         from 116 clusters down, and 12 → 10 cannot give 10 classes), the one before is, and so on.
         The outlier size is the fraction of N/K, and never under 3 images: at N/K = 100 (LFW's faces
         and non-faces) 1 % is one image, and a 2-image cluster would still take a class's place."""
-        # a cluster of one or two images is never a class, however small N/K makes the fraction's share
         min_size = max(self.final_outlier_fraction * len(labels) / ctx.n_target, MIN_CLASS_SIZE)
         plain = labels
         set_aside = int((np.bincount(plain) < min_size).sum())
