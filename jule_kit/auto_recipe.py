@@ -200,9 +200,10 @@ def _applies(key: str, recipe: dict, user_keys: set[str]) -> bool:
     if section == "clusters":
         return True  # the value the user gave, or the labels' classes: said either way
     if section == "backbone":
-        # blocks and pool go together: a backbone the user shaped, or not the paper's CNN, keeps its own
+        # blocks and pool go together: a depth the user chose, or not the paper's CNN, keeps its own; other
+        # backbone keys (bn_init, channels, ...) leave the depth to the rules
         return (recipe["backbone"] or {}).get("name") == "jule_cnn" and \
-            not any(u == "backbone" or u.startswith("backbone.") and u != "backbone.name" for u in user_keys)
+            not any(u in ("backbone", "backbone.blocks", "backbone.pool") for u in user_keys)
     if section == "clusterer" and key.split(".")[-1] not in recipe["clusterer"]:
         return False  # a clusterer without an unrolling rate
     parts = key.split(".")

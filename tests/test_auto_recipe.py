@@ -180,6 +180,9 @@ def test_set_overrides_win_over_the_rules(data_dir):
     found = resolve_recipe(JULE, ["data=usps", "backbone=null"], data_dir=data_dir)
     assert found.recipe["backbone"] is None  # AC-GDL on raw pixels: no CNN rule applies
     assert not any(s.key.startswith("backbone") for s in found.derivation.settings)
+    # another backbone key leaves the depth to the rules (8x8 digits would not fit the default 2 blocks)
+    tuned_init = load_recipe(JULE, ["data=usps", "backbone.bn_init=torch7"], data_dir=data_dir)
+    assert tuned_init["backbone"]["blocks"] == 1 and tuned_init["backbone"]["bn_init"] == "torch7"
     # a resize given by the user is the input size the rules see
     resized = load_recipe(JULE, ["data=usps", "data.resize=[28,28]"], data_dir=data_dir)
     assert resized["backbone"]["pool"] == [True, False]
