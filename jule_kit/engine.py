@@ -40,6 +40,10 @@ FINAL_PERIOD_NAME = "final"
 # (AMD EPYC and Intel Xeon), NCHW trains 1.09-1.29x faster at 16x16 and 28x28 and channels-last
 # 1.05-1.6x faster from 32x32 up (docs/PERFORMANCE.md section 9).
 CHANNELS_LAST_FROM_PIXELS = 32 * 32
+# Eval-mode features on the CPU run at most this many images at a time: each image's features are its own
+# (the values do not depend on the batch), and past a few hundred images the activations leave the caches
+# (docs/PERFORMANCE.md section 13).
+CPU_EVAL_BATCH = 256
 
 
 def uses_channels_last(setting: bool | str, shape: tuple[int, ...] | torch.Size) -> bool:
@@ -196,8 +200,11 @@ class Experiment:
     def extract(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """Features of all images, in order. Under torchrun each batch is split over the ranks and
         gathered back (batch norm in train mode then sees the whole batch, as in one process)."""
-        model.train(self.train["feature_mode"] == "train")
+        in_train_mode = self.train["feature_mode"] == "train"
+        model.train(in_train_mode)
         bs = self.train["feature_batch_size"]
+        if not in_train_mode and self.device.type == "cpu":
+            bs = min(bs, CPU_EVAL_BATCH)
         out = []
         for i in range(0, len(images), bs):
             batch = images[i:i + bs]

@@ -54,7 +54,8 @@ TRAIN_HELP = {
     "inv_power": "power of the inv policy (paper: 0.75)",
     "max_periods": "stop the joint loop after this many periods even above the target",
     "feature_mode": "batch-norm mode when extracting clustering features: eval or train (the Torch code)",
-    "feature_batch_size": "batch size for feature extraction",
+    "feature_batch_size": "batch size for feature extraction and the final batch-norm refresh (eval-mode features "
+                          "on the CPU: at most 256 at a time, the same values, faster in cache)",
     "channels_last": "auto (default): channels-last memory format for inputs of 32x32 pixels and more (1.3-1.6x faster "
     "training on the CPU there), contiguous NCHW below (faster for 16x16 and 28x28; docs/PERFORMANCE.md section 9); "
     "true / false: always / never channels-last. Either gives the same results within float rounding but other bits",

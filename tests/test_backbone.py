@@ -209,3 +209,35 @@ def test_channels_last_auto_picks_the_layout_by_input_size(usps_subset, tmp_path
         return layouts[0]
 
     assert [conv_layout(16), conv_layout(32)] == [False, True]
+
+
+def test_eval_features_on_the_cpu_run_in_cached_batches_with_the_same_values(usps_subset, tmp_path):
+    """Eval-mode extraction on the CPU takes at most CPU_EVAL_BATCH images at a time: each image's features
+    are its own, so the values are those of one big batch; train-mode features keep the recipe's batch."""
+    import numpy as np
+
+    from jule_kit.engine import CPU_EVAL_BATCH, Experiment
+    from jule_kit.recipe import load_recipe
+    from jule_kit.rundir import RunDir
+
+    images = torch.as_tensor(np.load(usps_subset)["images"][:600])
+
+    def extract(mode: str) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        recipe = load_recipe(Path(__file__).resolve().parent.parent / "recipes" / "jule_usps.yaml",
+                             [f"data={usps_subset}", "device=cpu", f"train.feature_mode={mode}"])
+        experiment = Experiment(recipe, RunDir(tmp_path / mode))
+        torch.manual_seed(0)
+        model = experiment.plugins.backbone.build(tuple(images.shape[1:]))
+        sizes = []
+        model.register_forward_hook(lambda module, inputs, output: sizes.append(len(inputs[0])))
+        features = experiment.extract(model, images)
+        with torch.no_grad():
+            model.train(mode == "train")
+            whole = model(experiment.network_input(images))
+        return features, whole, sizes[:-1]
+
+    features, whole, sizes = extract("eval")
+    assert sizes == [CPU_EVAL_BATCH, CPU_EVAL_BATCH, 600 - 2 * CPU_EVAL_BATCH]
+    assert torch.equal(features, whole)
+    _, _, sizes = extract("train")
+    assert sizes == [600]  # batch statistics: the recipe's feature batch (1,000) holds all 600
