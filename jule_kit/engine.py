@@ -42,7 +42,7 @@ FINAL_PERIOD_NAME = "final"
 CHANNELS_LAST_FROM_PIXELS = 32 * 32
 # Eval-mode features on the CPU run at most this many images at a time: each image's features are its own
 # (the values do not depend on the batch), and past a few hundred images the activations leave the caches
-# (docs/PERFORMANCE.md section 13).
+# (docs/PERFORMANCE.md section 10).
 CPU_EVAL_BATCH = 256
 
 
