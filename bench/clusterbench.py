@@ -265,8 +265,7 @@ def _load_features(job: dict, recipe: dict) -> tuple[Any, np.ndarray]:
 
         saved = np.load(job["features"])
         base = torch.from_numpy(saved["features"])
-        return noisy_copies(base / base.norm(dim=1, keepdim=True).clamp_min(1e-12), saved["labels"], job["n"],
-                            job.get("noise", 0.01))
+        return noisy_copies(torch.nn.functional.normalize(base, dim=1), saved["labels"], job["n"], job.get("noise", 0.01))
     return mnist_features(recipe, job["n"], job.get("data_dir"))
 
 

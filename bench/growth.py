@@ -176,9 +176,12 @@ def main() -> None:
                           else ("" if args.quick else DEFAULT_SYNTHETIC))
     if args.include_1m and ONE_MILLION not in synthetic:
         synthetic.append(ONE_MILLION)
+    noisy_sizes = sorted(sizes_arg(args.noisy_sizes))
+    # the run's features are extracted once, and only when some noisy size asks for them
+    noisy = ({"data": "run_noisy", "features": features_file(args)} if args.features_run and noisy_sizes
+             else {"data": "mnist_noisy"})
     jobs = ([{"data": "mnist", "n": n} for n in sorted(mnist)] + [{"data": "synthetic", "n": n} for n in sorted(synthetic)]
-            + [({"data": "run_noisy", "features": features_file(args)} if args.features_run else {"data": "mnist_noisy"})
-               | {"n": n} for n in sorted(sizes_arg(args.noisy_sizes))])
+            + [noisy | {"n": n} for n in noisy_sizes])
     info = machine_info()
     print(f"device {args.device}; CPU {info['cpu']}, {info['cores']} cores; load {load_avg()}; recipe {args.recipe}"
           + "".join(f" --set {o}" for o in args.overrides), flush=True)
