@@ -127,13 +127,25 @@ def main() -> None:
     parser.add_argument("--variants", default="eager,channels_last,compile")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--system-allocator", action="store_true",
+                        help="leave the C allocator as the process found it (what reusing freed memory gains)")
     args = parser.parse_args()
+    if args.system_allocator:
+        import jule_kit.engine
+
+        jule_kit.engine.reuse_freed_memory = lambda: False
+    else:
+        from jule_kit.allocator import reuse_freed_memory
+
+        reuse_freed_memory()  # as the loop does: the floors run with the same allocator
     shapes = QUICK if args.quick else SHAPES
     n = args.images or (200 if args.quick else 2000)
     repeats = args.repeats or (1 if args.quick else 3)
     variants = [v for v in args.variants.split(",") if v and not (args.quick and v == "compile")]
     info = machine_info()
-    print(f"CPU {info['cpu']}, {info['cores']} cores, torch {torch.__version__}, threads {torch.get_num_threads()}; "
+    allocator = "the system's" if args.system_allocator else "freed memory reused"
+    print(f"CPU {info['cpu']}, {info['cores']} cores, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"allocator: {allocator}; "
           f"load {load_avg()}; {time.strftime('%Y-%m-%d')}", flush=True)
     print("| shape | default layout | loop img/s | loop, channels-last img/s | loop, NCHW img/s | "
           + " | ".join(f"{v} img/s" for v in variants)
@@ -172,6 +184,7 @@ def main() -> None:
     print(f"load at the end {load_avg()}")
     if args.json is not None:
         args.json.write_text(json.dumps({"machine": info, "command": " ".join(["python", *sys.argv]),
+                                         "allocator": allocator,
                                          "rows": rows, "load_end": load_avg()}, indent=2) + "\n")
 
 

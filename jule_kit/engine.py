@@ -37,10 +37,11 @@ from .rundir import RECIPE, SUMMARY, RunDir, versions
 from .tensorboard import TB_DIR
 
 FINAL_PERIOD_NAME = "final"
-# train.channels_last=auto: channels-last from this many pixels per channel up. On the 2-core CPUs measured
-# (AMD EPYC and Intel Xeon), NCHW trains 1.09-1.29x faster at 16x16 and 28x28 and channels-last
-# 1.05-1.6x faster from 32x32 up (docs/PERFORMANCE.md section 9).
-CHANNELS_LAST_FROM_PIXELS = 32 * 32
+# train.channels_last=auto: channels-last from this many pixels per channel up. On the 2-core CPUs measured,
+# NCHW trains up to 1.3x faster at 16x16, channels-last 1.05-1.6x faster from 32x32 up; at 28x28 the
+# machines disagree, and with freed memory reused (allocator.py) channels-last was 1.05-1.19x faster
+# (docs/PERFORMANCE.md sections 9 and 10).
+CHANNELS_LAST_FROM_PIXELS = 28 * 28
 # Eval-mode features on the CPU run at most this many images at a time: each image's features are its own
 # (the values do not depend on the batch), and past a few hundred images the activations leave the caches
 # (docs/PERFORMANCE.md section 10).

@@ -56,8 +56,8 @@ TRAIN_HELP = {
     "feature_mode": "batch-norm mode when extracting clustering features: eval or train (the Torch code)",
     "feature_batch_size": "batch size for feature extraction and the final batch-norm refresh (eval-mode features "
                           "on the CPU: at most 256 at a time, the same values, faster in cache)",
-    "channels_last": "auto (default): channels-last memory format for inputs of 32x32 pixels and more (1.3-1.6x faster "
-    "training on the CPU there), contiguous NCHW below (faster for 16x16 and 28x28; docs/PERFORMANCE.md section 9); "
+    "channels_last": "auto (default): channels-last memory format for inputs of 28x28 pixels and more (1.05-1.6x "
+    "faster training on the CPU there), contiguous NCHW below (faster for 16x16; docs/PERFORMANCE.md sections 9-10); "
     "true / false: always / never channels-last. Either gives the same results within float rounding but other bits",
     "final_bn": "refresh: re-estimate batch-norm statistics of the final network on all images before the final "
     "stage (what the Torch code's last train-mode feature pass does); keep: the training-time running averages",
