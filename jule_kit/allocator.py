@@ -23,6 +23,9 @@ M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 << 20  # glibc's largest on 64-bit systems: anything smaller comes from the heap
 TRIM_THRESHOLD = 1 << 30  # free memory at the heap's top kept before any goes back to the kernel
 
+# where these settings exist: glibc on Linux
+GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
 _reusing = False
 
 
@@ -31,7 +34,7 @@ def reuse_freed_memory() -> bool:
     global _reusing
     if _reusing:
         return True
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+    if not GLIBC:
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the C library the process already runs on

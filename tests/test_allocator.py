@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 
 import pytest
 
 from conftest import REPO
+from jule_kit.allocator import GLIBC, reuse_freed_memory
 
 # Two periods of the MNIST CNN on 500 real images, in a fresh process; prints the page faults of the
 # second (the same batches and triplets as the first: what a steady state allocates) and a hash of the
@@ -52,8 +52,7 @@ def train_in_a_fresh_process(mode: str, data_dir) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
-                    reason="the allocator setting is glibc's")
+@pytest.mark.skipif(not GLIBC, reason="the allocator setting is glibc's")
 def test_training_on_the_cpu_reuses_freed_memory_with_the_same_weights(data_dir):
     shipped = train_in_a_fresh_process("reuse", data_dir)
     system = train_in_a_fresh_process("system", data_dir)
@@ -64,8 +63,5 @@ def test_training_on_the_cpu_reuses_freed_memory_with_the_same_weights(data_dir)
 
 
 def test_reuse_freed_memory_says_whether_it_applies():
-    from jule_kit.allocator import reuse_freed_memory
-
-    expected = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
-    assert reuse_freed_memory() is expected
-    assert reuse_freed_memory() is expected  # a second call changes nothing
+    assert reuse_freed_memory() is GLIBC
+    assert reuse_freed_memory() is GLIBC  # a second call changes nothing
