@@ -3,7 +3,7 @@
 A dense float64 20000×20000 matrix is 3.2 GB; the peak RSS growth of a child process that
 builds the K_s = 20 graph and agglomerates 20,000 points down to 50 clusters must stay
 under half of that. The child runs alone so that the test process's own allocations do
-not count.
+not count, and its peak is its own (VmHWM; ``ru_maxrss`` would carry the test runner's).
 """
 from __future__ import annotations
 
@@ -70,3 +70,23 @@ def test_graph_and_agglomeration_stay_sparse():
     assert report["n_labels"] == N
     assert report["n_clusters"] == 50
     assert report["nmi"] > 0.9, report
+
+
+PEAK_CHILD = """
+import sys
+sys.path.insert(0, "bench")
+from clusterbench import peak_rss_bytes
+print(peak_rss_bytes())
+"""
+
+
+def test_a_child_reports_its_own_peak_not_its_parents():
+    """The parent touches 1 GB first; the child's peak must not include it (``ru_maxrss`` does, at exec)."""
+    held = bytearray(1 << 30)  # zero-filled: every page is written, so it counts in the parent's RSS
+    held[:: 1 << 12] = b"\x01" * len(range(0, 1 << 30, 1 << 12))
+    del held
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", PEAK_CHILD], capture_output=True, text=True, timeout=60, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    child_peak = int(proc.stdout.strip().splitlines()[-1])
+    assert 0 < child_peak < (1 << 30) // 2, f"the child reported a peak RSS of {child_peak / 1e9:.2f} GB"
