@@ -2,7 +2,7 @@
 
 The paper (Yang, Parikh & Batra, CVPR 2016) keeps every hyper-parameter fixed across its datasets
 but two: the CNN, chosen by the input size, and the unrolling rate η. These rules make both choices
-from what any image collection has — N images of C×H×W pixels and K clusters — and nothing else:
+(and the loss weight that goes with η) from what any image collection has — N images of C×H×W pixels and K clusters — and nothing else:
 
 =====================  ============  ==========================  ===============================
 smaller image side s   input         CNN blocks                  the paper's net at that size
@@ -23,6 +23,9 @@ channel, colour stays RGB, and a folder of grey and colour images together is re
 ⌈log(n0/K) / log 10⌉ merge periods, which is at least two only while N/K > 60: the paper's η = 0.9
 sets (COIL-20/100 at N/K = 72, USPS 1100, MNIST 1000–7000) get 2–4 periods, while UMist (29) and
 CMU-PIE (42) would be merged to K in a single period, so the paper's 0.2 gives them 8–9.
+
+The triplet loss's positive weight γ goes with η: 1 (the authors' code) at η = 0.9, the paper's 2 at
+η = 0.2, as the shipped recipes set it (``_jule.yaml``; docs/RESULTS.md measures both on every dataset).
 """
 from __future__ import annotations
 
@@ -56,6 +59,7 @@ NETS = (
 SMALLEST_SIDE = 5  # the first 5x5 convolution needs at least this many pixels
 FEW_PER_CLUSTER = 60  # N/K below this: η = 0.9 would leave a single merge period
 ETA_MANY, ETA_FEW = 0.9, 0.2  # the paper's digit/object and face settings
+GAMMA_MANY, GAMMA_FEW = 1.0, 2.0  # the loss's positive weight with each: the authors' code's, the paper's
 IMAGES_PER_INITIAL_CLUSTER = 6  # the nearest-neighbour chains start from about N/6 clusters
 
 
@@ -88,12 +92,19 @@ def merge_periods(n_images: int, n_clusters: int, eta: float) -> int:
     return max(1, math.ceil(math.log(initial / n_clusters) / math.log(1.0 / (1.0 - eta))))
 
 
+def gamma_for(eta: float) -> float:
+    """The triplet loss's positive weight that goes with unrolling rate ``eta``: the paper's 2 with its face
+    setting (and any rate nearer it), the authors' code's 1 with the digit/object setting."""
+    return GAMMA_FEW if eta < (ETA_FEW + ETA_MANY) / 2 else GAMMA_MANY
+
+
 def derive_rules(n_images: int, image_shape: tuple[int, int, int], n_clusters: int, *,
-                 mixed_sizes: bool = False, mixed_modes: bool = False) -> list[Derived]:
+                 mixed_sizes: bool = False, mixed_modes: bool = False, eta: float | None = None) -> list[Derived]:
     """Each derived key with its rule, for N images of (C, H, W) pixels and K clusters.
 
     ``mixed_sizes``: the images differ in size (a resize is needed even to the median size);
-    ``mixed_modes``: grey and colour images together (read as RGB).
+    ``mixed_modes``: grey and colour images together (read as RGB); ``eta``: the unrolling rate the
+    user chose, which the loss's weight then follows (None: the rule's).
     """
     c, h, w = image_shape
     if c not in (1, 3):
@@ -113,12 +124,16 @@ def derive_rules(n_images: int, image_shape: tuple[int, int, int], n_clusters: i
     out.append(Derived("backbone.pool", net.pool, f"{net_rule}, " + ("pooling after every block" if net.pool is None
                                                                      else "pooling after the first block only")))
     per_cluster = n_images / n_clusters
-    eta = ETA_MANY if per_cluster >= FEW_PER_CLUSTER else ETA_FEW
-    why = (f">= {FEW_PER_CLUSTER}: the paper's digit/object setting" if eta == ETA_MANY else
+    rule_eta = ETA_MANY if per_cluster >= FEW_PER_CLUSTER else ETA_FEW
+    why = (f">= {FEW_PER_CLUSTER}: the paper's digit/object setting" if rule_eta == ETA_MANY else
            f"< {FEW_PER_CLUSTER}: the paper's face setting ({ETA_MANY} would merge to K in one period)")
-    periods = merge_periods(n_images, n_clusters, eta)
-    out.append(Derived("clusterer.eta", eta, f"N/K = {per_cluster:.0f} {why}; about {periods} merge "
+    periods = merge_periods(n_images, n_clusters, rule_eta)
+    out.append(Derived("clusterer.eta", rule_eta, f"N/K = {per_cluster:.0f} {why}; about {periods} merge "
                        f"period{'s' if periods > 1 else ''}"))
+    eta = rule_eta if eta is None else eta
+    gamma = gamma_for(eta)
+    out.append(Derived("loss.gamma", gamma, f"eta {eta}: " + ("the authors' code's positive weight" if
+                       gamma == GAMMA_MANY else "the paper's positive weight, as with its face setting")))
     out.append(Derived("clusters", n_clusters, "as given (--clusters or the recipe)"))
     return out
 
@@ -188,7 +203,9 @@ def derive_from_data(recipe: dict, user_keys: set[str], *, data_dir: str | None 
     if k > data.n:
         raise RecipeError(f"{source}: clusters: {k} clusters requested but {d['name']} has only {data.n} images; "
                           f"give --clusters K with K at most {data.n}")
-    rules = derive_rules(data.n, data.shape, k, mixed_sizes=data.mixed_sizes, mixed_modes=data.mixed_modes)
+    chosen_eta = recipe["clusterer"].get("eta") if "clusterer.eta" in user_keys or "clusterer" in user_keys else None
+    rules = derive_rules(data.n, data.shape, k, mixed_sizes=data.mixed_sizes, mixed_modes=data.mixed_modes,
+                         eta=chosen_eta)
     if from_labels:
         rules = [Derived(r.key, r.value, f"the number of label classes in {data.name} (--clusters K to choose)")
                  if r.key == "clusters" else r for r in rules]
@@ -206,5 +223,7 @@ def _applies(key: str, recipe: dict, user_keys: set[str]) -> bool:
             not any(u in ("backbone", "backbone.blocks", "backbone.pool") for u in user_keys)
     if section == "clusterer" and key.split(".")[-1] not in recipe["clusterer"]:
         return False  # a clusterer without an unrolling rate
+    if section == "loss" and key.split(".")[-1] not in (recipe.get("loss") or {}):
+        return False  # a loss without a positive weight
     parts = key.split(".")
     return not any(".".join(parts[:i]) in user_keys for i in range(1, len(parts) + 1))

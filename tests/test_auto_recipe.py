@@ -9,7 +9,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from jule_kit.auto_recipe import derive_rules, derive_settings, merge_periods
+from jule_kit.auto_recipe import derive_rules, derive_settings, gamma_for, merge_periods
 from jule_kit.cli import app
 from jule_kit.data import load_dataset, summarize_dataset
 from jule_kit.errors import DataError
@@ -46,6 +46,9 @@ DISAGREE = {
     # images per cluster as the object sets, and nothing in N, K or the image size tells a face from an object.
     ("frgc", "clusterer.eta"): 0.9,
     ("ytf", "clusterer.eta"): 0.9,
+    # and the loss's positive weight goes with eta
+    ("frgc", "loss.gamma"): 1.0,
+    ("ytf", "loss.gamma"): 1.0,
 }
 
 
@@ -64,6 +67,7 @@ def test_rules_on_the_papers_shapes(name):
     assert derived["data"]["channels"] == shape[0]  # grey stays grey, colour stays RGB
     assert (derived["backbone"]["blocks"], derived["backbone"]["pool"]) == (blocks, pool)
     assert derived["clusterer"]["eta"] == eta and derived["clusters"] == k
+    assert derived["loss"]["gamma"] == (1.0 if eta == 0.9 else 2.0)
 
 
 def test_input_size_rule_shrinks_to_the_cnns_sizes():
@@ -88,6 +92,15 @@ def test_eta_rule_keeps_the_papers_number_of_periods():
     assert [merge_periods(n, k, 0.9) for n, k in ((1440, 20), (7200, 100), (11000, 10), (70000, 10))] == [2, 2, 3, 4]
     assert [merge_periods(n, k, 0.9) for n, k in ((575, 20), (2856, 68))] == [1, 1]
     assert [merge_periods(n, k, 0.2) for n, k in ((575, 20), (2856, 68))] == [8, 9]
+
+
+def test_loss_weight_follows_eta_the_rules_or_the_users():
+    # the authors' code's gamma 1 with eta 0.9, the paper's 2 with its face setting 0.2
+    assert derive_settings(600, (1, 16, 16), 10)["loss"]["gamma"] == 1.0
+    assert derive_settings(599, (1, 16, 16), 10)["loss"]["gamma"] == 2.0
+    assert gamma_for(0.9) == gamma_for(0.6) == 1.0 and gamma_for(0.2) == gamma_for(0.5) == 2.0
+    rules = {r.key: r for r in derive_rules(599, (1, 16, 16), 10, eta=0.9)}
+    assert rules["clusterer.eta"].value == 0.2 and rules["loss.gamma"].value == 1.0  # the user's eta decides
 
 
 def test_mixed_images_are_converted_by_rule():
@@ -130,7 +143,7 @@ def test_derived_settings_match_the_tuned_recipes(data_dir):
             stored = summarize_dataset(name, data_dir=data_dir)
             n, shape, k = stored.n, stored.shape, stored.n_classes
         derived = derive_settings(n, shape, k)
-        for key in ("backbone.blocks", "backbone.pool", "clusterer.eta"):
+        for key in ("backbone.blocks", "backbone.pool", "clusterer.eta", "loss.gamma"):
             kind, setting = key.split(".")
             mine, theirs = derived[kind][setting], tuned[kind][setting]
             if (name, key) in DISAGREE:
@@ -167,7 +180,7 @@ def test_the_derived_recipe_runs_exactly_the_tuned_one_where_the_rules_agree(dat
 def test_quickstart_digits_is_what_the_rules_give():
     tuned = load_recipe(RECIPES / "quickstart_digits.yaml")
     derived = load_recipe(JULE, ["data=digits"])
-    for kind, key in (("backbone", "blocks"), ("backbone", "pool"), ("clusterer", "eta")):
+    for kind, key in (("backbone", "blocks"), ("backbone", "pool"), ("clusterer", "eta"), ("loss", "gamma")):
         assert derived[kind][key] == tuned[kind][key]
 
 
@@ -177,6 +190,8 @@ def test_quickstart_digits_is_what_the_rules_give():
 def test_set_overrides_win_over_the_rules(data_dir):
     recipe = load_recipe(JULE, ["data=usps", "clusterer.eta=0.5", "backbone.blocks=2"], data_dir=data_dir)
     assert recipe["clusterer"]["eta"] == 0.5 and recipe["backbone"]["blocks"] == 2
+    assert recipe["loss"]["gamma"] == 2.0  # the weight follows the user's eta, nearer the face setting
+    assert load_recipe(JULE, ["data=usps", "loss.gamma=3"], data_dir=data_dir)["loss"]["gamma"] == 3.0
     found = resolve_recipe(JULE, ["data=usps", "backbone=null"], data_dir=data_dir)
     assert found.recipe["backbone"] is None  # AC-GDL on raw pixels: no CNN rule applies
     assert not any(s.key.startswith("backbone") for s in found.derivation.settings)
@@ -196,6 +211,7 @@ def test_validate_jule_on_a_stored_dataset_prints_the_rules(runner, data_dir, tm
                         "16x16 grey input, 1 CNN block, eta 0.9")
     assert "# backbone.blocks: 1  <- 16x16 input: the paper's net for USPS at 16x16" in lines
     assert "# clusterer.eta: 0.9  <- N/K = 1100 >= 60: the paper's digit/object setting; about 3 merge periods" in lines
+    assert "# loss.gamma: 1.0  <- eta 0.9: the authors' code's positive weight" in lines
     assert "# clusters: 10  <- the number of label classes in usps (--clusters K to choose)" in lines
     printed = yaml.safe_load(result.output)
     assert printed["derive"] is False and printed["clusters"] == 10

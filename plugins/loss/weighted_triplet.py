@@ -62,7 +62,8 @@ class WeightedTriplet:
     name = "weighted_triplet"
     summary = "JULE's weighted triplet loss: max(0, γ|f_a-f_p|² - |f_a-f_n|² + margin), negatives from other clusters"
     settings_help = {
-        "gamma": "weight γ of the positive distance (paper: 2 = 1 + 1/λ; the Torch code: 1)",
+        "gamma": "weight γ of the positive distance (paper: 2 = 1 + 1/λ; the authors' code: 1; the JULE recipes: 1 "
+        "with η 0.9, 2 with η 0.2)",
         "margin": "margin m (the Torch code: 0.2)",
         "num_neg": "negatives per positive pair (the Torch code: 20; the Caffe code: 10)",
     }
