@@ -2,7 +2,8 @@
 
 The paper (Yang, Parikh & Batra, CVPR 2016) keeps every hyper-parameter fixed across its datasets
 but two: the CNN, chosen by the input size, and the unrolling rate η. These rules make both choices
-(and the loss weight that goes with η) from what any image collection has — N images of C×H×W pixels and K clusters — and nothing else:
+(and the loss weight that goes with η) from what any image collection has — N images of C×H×W
+pixels and K clusters — and nothing else:
 
 =====================  ============  ==========================  ===============================
 smaller image side s   input         CNN blocks                  the paper's net at that size
