@@ -82,8 +82,8 @@ print(peak_rss_bytes())
 
 def test_a_child_reports_its_own_peak_not_its_parents():
     """The parent touches 1 GB first; the child's peak must not include it (``ru_maxrss`` does, at exec)."""
-    held = bytearray(1 << 30)  # zero-filled: every page is written, so it counts in the parent's RSS
-    held[:: 1 << 12] = b"\x01" * len(range(0, 1 << 30, 1 << 12))
+    held = bytearray(1 << 30)  # calloc'd: its pages count in RSS only once written
+    held[:: 1 << 12] = b"\x01" * len(range(0, 1 << 30, 1 << 12))  # one byte a 4 KiB page: all of it resident
     del held
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-c", PEAK_CHILD], capture_output=True, text=True, timeout=60, cwd=root)
