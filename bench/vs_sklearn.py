@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 from clusterbench import (DEFAULT_RECIPE, gb, load_avg, loglog_slope, machine_info,  # noqa: E402
                           mem_available_bytes, run_child, sklearn_peak_estimate, symmetric_connectivity)
 
-TARGET_SPEEDUP, TARGET_SECONDS, TARGET_PEAK_GB = 5.0, 150.0, 3.0  # the CPU targets
+TARGET_SPEEDUP, TARGET_SECONDS, TARGET_PEAK_GB = 5.0, 150.0, 3.0  # the CPU targets (PERFORMANCE.md §1)
 
 
 def measure(n: int | None, recipe: str, data_dir: str | None, sklearn_timeout: float | None,
@@ -144,7 +144,7 @@ def main() -> None:
                load_end=load_avg())
     report(jk, sk, sk_fit, extrapolated)
 
-    # the targets, stated plainly: met or not
+    # the targets, stated plainly: met or not
     out["targets"] = {
         f"julekit >= {TARGET_SPEEDUP:.0f}x faster than sklearn (end to end)": out["speedup_end_to_end"] >= TARGET_SPEEDUP,
         # NMIs are rounded as reported; None when sklearn's NMI at N was not measured
