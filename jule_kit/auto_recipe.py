@@ -204,7 +204,8 @@ def derive_from_data(recipe: dict, user_keys: set[str], *, data_dir: str | None 
     if k > data.n:
         raise RecipeError(f"{source}: clusters: {k} clusters requested but {d['name']} has only {data.n} images; "
                           f"give --clusters K with K at most {data.n}")
-    chosen_eta = recipe["clusterer"].get("eta") if "clusterer.eta" in user_keys or "clusterer" in user_keys else None
+    # an unrolling rate the user set (the rule does not apply to it) is the one the loss's weight follows
+    chosen_eta = None if _applies("clusterer.eta", recipe, user_keys) else recipe["clusterer"].get("eta")
     rules = derive_rules(data.n, data.shape, k, mixed_sizes=data.mixed_sizes, mixed_modes=data.mixed_modes,
                          eta=chosen_eta)
     if from_labels:
@@ -222,9 +223,7 @@ def _applies(key: str, recipe: dict, user_keys: set[str]) -> bool:
         # backbone keys (bn_init, channels, ...) leave the depth to the rules
         return (recipe["backbone"] or {}).get("name") == "jule_cnn" and \
             not any(u in ("backbone", "backbone.blocks", "backbone.pool") for u in user_keys)
-    if section == "clusterer" and key.split(".")[-1] not in recipe["clusterer"]:
-        return False  # a clusterer without an unrolling rate
-    if section == "loss" and key.split(".")[-1] not in (recipe.get("loss") or {}):
-        return False  # a loss without a positive weight
+    if section in ("clusterer", "loss") and key.split(".")[-1] not in (recipe.get(section) or {}):
+        return False  # a clusterer without an unrolling rate, a loss without a positive weight
     parts = key.split(".")
     return not any(".".join(parts[:i]) in user_keys for i in range(1, len(parts) + 1))
